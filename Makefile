@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m launch.train_dp --config=configs/dp_clinc150.py --workdir=$(DEMO_WORKDIR) --overwrite
+	$(PY) -m launch.train_dp --config=configs/dp_clinc150.py:demo --workdir=$(DEMO_WORKDIR) --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)

@@ -1,0 +1,44 @@
+r"""DP-SGD text classification on CLINC150.
+
+Command (from the repository root):
+
+  python -m launch.train_dp --config=configs/dp_clinc150.py --workdir=runs/dp8
+  python -m launch.train_dp --config=configs/dp_clinc150.py \
+      --config.dp.target_epsilon=1.0 --workdir=runs/dp1
+
+The noise multiplier is calibrated to `dp.target_epsilon` at `dp.delta`
+(default 1/n^1.1) for the Poisson sampling and the number of steps actually
+used, before training; set `dp.noise_multiplier` instead to report epsilon.
+The tokenizer is the public GPT-2 BPE (hashed into `data.vocab_size` buckets,
+a data-independent map), so the vocabulary costs no privacy.
+
+Variants: `:smoke` (seconds; for tests), `:demo` (what `make demo` runs),
+`:transformer`.
+"""
+
+from trustjax.experiment.classification import apply_smoke, base_config
+
+
+def get_config(arg: str | None = None):
+  config = base_config()
+  config.dp.enabled = True
+  config.data.tokenizer = "gpt2"
+  config.model.name = "bag"
+  config.optimizer.learning_rate = 0.02
+  config.batch_size = 1024          # expected batch size q * n
+  config.num_epochs = 30.0
+  config.dp.target_epsilon = 8.0
+  config.dp.l2_clip = 1.0
+  if arg in (None, "", "default"):
+    pass
+  elif arg == "demo":
+    config.num_epochs = 10.0
+  elif arg == "transformer":
+    config.model.name = "transformer"
+    config.optimizer.learning_rate = 0.003
+  elif arg == "smoke":
+    apply_smoke(config)
+  else:
+    raise ValueError(f"unknown variant {arg!r} of configs/dp_clinc150.py; "
+                     "valid: default, demo, transformer, smoke")
+  return config

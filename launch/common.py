@@ -1,0 +1,26 @@
+"""What the launch scripts share: run a job and print a clean error or summary."""
+
+import sys
+
+from trustjax.experiment import classification
+
+
+def run_classification(config, workdir: str, overwrite: bool,
+                       expect_dp: bool) -> dict:
+  """Runs the classification job; bad input exits with one clear message."""
+  if bool(config.dp.enabled) != expect_dp:
+    script = "train_dp" if config.dp.enabled else "train"
+    sys.exit(f"error: this config has dp.enabled={config.dp.enabled}; run it "
+             f"with `python -m launch.{script}`")
+  try:
+    summary = classification.run(config, workdir, overwrite=overwrite)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  title = "DP training finished" if expect_dp else "training finished"
+  print(f"\n{title} ({workdir}):\n" + classification.format_summary(summary),
+        flush=True)
+  if expect_dp:
+    print(f"\n=> test accuracy {summary.get('test_accuracy', float('nan')):.4f}"
+          f" at epsilon {summary['epsilon']:.3f} (delta {summary['delta']:.2e})",
+          flush=True)
+  return summary

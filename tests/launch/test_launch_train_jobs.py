@@ -1,0 +1,168 @@
+"""End-to-end tests of the classification jobs (launch/train*.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trustjax.experiment import classification
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def _config(dp: bool, variant: str = "smoke", **overrides):
+  path = "dp_clinc150" if dp else "clinc150"
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      path, os.path.join(REPO, "configs", f"{path}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config(variant)
+  for k, v in overrides.items():
+    node = config
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return config
+
+
+def _read_lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return f.read().splitlines()
+
+
+@pytest.mark.parametrize("dp", [False, True], ids=["nonprivate", "dp"])
+def test_smoke_run_writes_workdir(tmp_path, dp):
+  workdir = str(tmp_path / "run")
+  summary = classification.run(_config(dp), workdir)
+  for name in ("config.json", "metrics.jsonl", "summary.json", "loss.png"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.path.isdir(os.path.join(workdir, "checkpoints"))
+  assert any(f.startswith("events") for f in _walk(workdir))
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+  rows = [json.loads(l) for l in _read_lines(workdir)]
+  assert rows[0]["step"] == 4
+  if dp:
+    eps = [r["epsilon"] for r in rows if "epsilon" in r]
+    assert eps == sorted(eps) and 0 < eps[-1] <= 8.0 + 1e-9
+    assert summary["epsilon"] <= 8.0 + 1e-9
+    assert summary["noise_multiplier"] > 0
+    assert "Poisson" in summary["sampling"]
+
+
+def _walk(root):
+  for _, _, files in os.walk(root):
+    yield from files
+
+
+@pytest.mark.parametrize("dp", [False, True], ids=["nonprivate", "dp"])
+def test_resume_is_exact(tmp_path, dp):
+  full, part = str(tmp_path / "full"), str(tmp_path / "part")
+  s_full = classification.run(_config(dp), full)
+  # Interrupted after 7 steps (checkpoints every 5: resumes from a checkpoint
+  # written at the interruption), then restarted.
+  assert classification.run(_config(dp), part, stop_after=7) == {
+      "stopped_at": 7}
+  s_part = classification.run(_config(dp), part)
+  assert _read_lines(full) == _read_lines(part)
+  for k in ("test_accuracy", "train_accuracy", "epsilon"):
+    assert s_full[k] == s_part[k], k
+
+
+def test_resume_after_kill_between_checkpoints(tmp_path):
+  """A kill after step 7 with the last checkpoint at 5 replays steps 6-7."""
+  from trustjax import experiment as tjx
+  full, part = str(tmp_path / "full"), str(tmp_path / "part")
+  classification.run(_config(True), full)
+  classification.run(_config(True), part, stop_after=7)
+  # Simulate the kill: drop the step-7 checkpoint, as if the process died
+  # after logging step 8 but before saving.
+  ckdir = os.path.join(part, "checkpoints")
+  import shutil
+  shutil.rmtree(os.path.join(ckdir, "7"))
+  with open(os.path.join(part, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"step": 8, "loss": 123.0}) + "\n")
+  classification.run(_config(True), part)
+  assert _read_lines(full) == _read_lines(part)
+  del tjx
+
+
+def test_refuses_workdir_with_other_config(tmp_path):
+  workdir = str(tmp_path / "run")
+  classification.run(_config(False), workdir, stop_after=2)
+  other = _config(False, **{"optimizer.learning_rate": 0.5})
+  with pytest.raises(ValueError, match="learning_rate"):
+    classification.run(other, workdir)
+  # Existing checkpoints are untouched by the refusal.
+  assert os.listdir(os.path.join(workdir, "checkpoints"))
+  classification.run(other, workdir, overwrite=True)
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"batch_size": -4}, "batch_size"),
+    ({"dp.l2_clip": 0.0}, "l2_clip"),
+    ({"dp.noise_multiplier": -1.0}, "noise_multiplier"),
+    ({"data.tokenizer": "word"}, "vocabulary"),
+    ({"dp.delta": 0.5}, "delta"),
+    ({"batch_size": 10 ** 6}, "expected Poisson batch"),
+])
+def test_bad_dp_config_fails_before_training(tmp_path, override, match):
+  with pytest.raises(ValueError, match=match):
+    classification.run(_config(True, **override), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints") or not \
+      os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def test_unreachable_epsilon_is_refused(tmp_path):
+  cfg = _config(True, **{"dp.target_epsilon": 1e-4})
+  with pytest.raises(ValueError, match="epsilon"):
+    classification.run(cfg, str(tmp_path / "run"))
+
+
+def test_missing_data_file(tmp_path):
+  cfg = _config(False, **{"data.name": "file",
+                          "data.path": str(tmp_path / "nope.csv")})
+  with pytest.raises(FileNotFoundError, match="nope.csv"):
+    classification.run(cfg, str(tmp_path / "run"))
+
+
+def _launch(*args, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_cli_unknown_config_key_is_a_clear_error(tmp_path):
+  r = _launch("launch.train", "--config=configs/clinc150.py:smoke",
+              f"--workdir={tmp_path}/w", "--config.no_such_key=3")
+  assert r.returncode != 0
+  assert "no_such_key" in r.stderr
+
+
+def test_cli_negative_batch_size(tmp_path):
+  r = _launch("launch.train", "--config=configs/clinc150.py:smoke",
+              f"--workdir={tmp_path}/w", "--config.batch_size=-1")
+  assert r.returncode != 0
+  assert "batch_size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_dp_smoke_prints_epsilon(tmp_path):
+  r = _launch("launch.train_dp", "--config=configs/dp_clinc150.py:smoke",
+              f"--workdir={tmp_path}/w")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "at epsilon" in r.stdout
+
+
+def test_real_clinc150_nonprivate_reaches_90_percent(tmp_path, real_data_dir):
+  """Foundation issue: >= 90% in-scope test accuracy on real CLINC150."""
+  cfg = _config(False, "default", **{"data.data_dir": real_data_dir,
+                                     "data.allow_synthetic": False})
+  summary = classification.run(cfg, str(tmp_path / "run"))
+  assert "clinc150" in summary["data"].lower()
+  assert summary["num_train_examples"] == 15100
+  assert summary["test_in_scope_accuracy"] >= 0.90, summary

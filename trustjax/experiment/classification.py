@@ -1,0 +1,578 @@
+"""Text-classification training job, non-private or DP-SGD.
+
+What `launch/train.py` and `launch/train_dp.py` run: read a data set, tokenise,
+build a classifier, train it with plain minibatch SGD or with DP-SGD (Poisson
+sampling, per-example clipping, Gaussian noise, PLD/RDP accounting), evaluate,
+and keep a workdir that resumes exactly after a kill.
+
+Everything here is built from the library's pieces (`trustjax.data`,
+`trustjax.models`, `trustjax.privacy`, `trustjax.experiment`); this module only
+wires them to a config. It is importable without absl.
+
+Privacy notes (stated guarantees, each tested in tests/experiment):
+  * The noise multiplier is calibrated (or epsilon reported) for the exact
+    sampling used: Poisson sampling with rate q = expected_batch_size / n and
+    the number of steps run, including any truncation at `max_batch_size`.
+  * Noise is added to the sum of clipped gradients and the sum is divided by
+    the expected batch size (never the realised one).
+  * The tokenizer is part of the guarantee. DP jobs default to the public GPT-2
+    BPE vocabulary, hashed into `data.vocab_size` buckets by a data-independent
+    map. A word vocabulary built from the private training set is refused unless
+    `dp.allow_private_vocab=True`, and the summary then says that epsilon does
+    not cover the vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from ml_collections import config_dict
+
+ConfigDict = config_dict.ConfigDict
+
+
+# --------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------
+
+
+def base_config() -> ConfigDict:
+  """Defaults shared by configs/clinc150.py and configs/dp_clinc150.py."""
+  c = ConfigDict()
+  c.seed = 0
+  c.data = ConfigDict(dict(
+      name="clinc150",          # clinc150 | synthetic | file
+      data_dir="",              # '' -> $TRUSTJAX_DATA_DIR, then download
+      include_oos=True,
+      allow_synthetic=True,     # loud fallback when the real data is missing
+      path="",                  # data.name=file: CSV / JSONL / JSON path
+      text_column="text",
+      label_column="label",
+      tokenizer="word",         # word (built from train) | gpt2 (public BPE)
+      vocab_size=8192,
+      max_len=32,
+      min_count=1,
+      max_examples=0,           # > 0: keep the first N rows of each split
+  ))
+  c.model = ConfigDict(dict(
+      name="bag", d_embed=128, d_hidden=256, d_model=128, num_layers=2,
+      num_heads=4, d_ff=512, dropout=0.0))
+  c.optimizer = ConfigDict(dict(name="adam", learning_rate=1e-3))
+  c.batch_size = 64             # DP: the EXPECTED batch size q * n
+  c.num_epochs = 8.0
+  c.num_steps = 0               # 0 -> num_epochs * n / batch_size
+  c.log_every = 25
+  c.eval_every = 0              # 0 -> only at the end
+  c.checkpoint_every = 100
+  c.eval_batch_size = 512
+  c.dp = ConfigDict(dict(
+      enabled=False,
+      l2_clip=1.0,
+      noise_multiplier=config_dict.placeholder(float),
+      target_epsilon=config_dict.placeholder(float),
+      delta=config_dict.placeholder(float),   # None -> 1 / n^1.1
+      accountant="pld",
+      method="auto",
+      microbatch_size=0,
+      max_batch_size=0,         # 0 -> sampler default (negligible truncation)
+      nan_policy="raise",
+      allow_private_vocab=False,
+  ))
+  return c
+
+
+def apply_smoke(config: ConfigDict) -> ConfigDict:
+  """Turns any classification config into a seconds-long smoke run."""
+  config.data.max_len = 16
+  config.data.vocab_size = 512
+  config.model.d_embed = 16
+  config.model.d_hidden = 32
+  config.model.d_model = 16
+  config.model.num_layers = 1
+  config.model.num_heads = 2
+  config.model.d_ff = 32
+  config.batch_size = 32
+  config.num_epochs = 0.0
+  config.num_steps = 12
+  config.log_every = 4
+  config.checkpoint_every = 5
+  config.eval_batch_size = 256
+  config.data.max_examples = 600
+  if config.dp.enabled and config.dp.noise_multiplier is None:
+    config.dp.target_epsilon = config.dp.target_epsilon or 8.0
+  return config
+
+
+def validate_config(config: ConfigDict) -> None:
+  """Raises ValueError naming the bad field before anything runs."""
+  def bad(name, value, valid):
+    raise ValueError(f"config.{name}={value!r} is invalid: {valid}")
+  if config.batch_size <= 0:
+    bad("batch_size", config.batch_size, "must be a positive integer")
+  if config.num_steps < 0:
+    bad("num_steps", config.num_steps, "must be >= 0 (0: use num_epochs)")
+  if config.num_steps == 0 and config.num_epochs <= 0:
+    bad("num_epochs", config.num_epochs,
+        "must be > 0 when num_steps is 0")
+  if config.optimizer.learning_rate <= 0:
+    bad("optimizer.learning_rate", config.optimizer.learning_rate,
+        "must be > 0")
+  if config.optimizer.name not in ("adam", "sgd", "adamw"):
+    bad("optimizer.name", config.optimizer.name, "valid: adam, sgd, adamw")
+  if config.data.name not in ("clinc150", "synthetic", "file"):
+    bad("data.name", config.data.name, "valid: clinc150, synthetic, file")
+  if config.data.tokenizer not in ("word", "gpt2"):
+    bad("data.tokenizer", config.data.tokenizer, "valid: word, gpt2")
+  if config.data.max_len <= 0 or config.data.vocab_size <= 2:
+    bad("data.max_len/vocab_size", (config.data.max_len,
+                                    config.data.vocab_size),
+        "max_len must be > 0 and vocab_size > 2")
+  for name in ("log_every", "checkpoint_every", "eval_batch_size"):
+    if config[name] <= 0:
+      bad(name, config[name], "must be a positive integer")
+  dp = config.dp
+  if dp.enabled:
+    if dp.l2_clip <= 0:
+      bad("dp.l2_clip", dp.l2_clip, "the clip norm C must be > 0")
+    if dp.noise_multiplier is None and dp.target_epsilon is None:
+      bad("dp.noise_multiplier", None,
+          "set dp.noise_multiplier or dp.target_epsilon")
+    if dp.noise_multiplier is not None and dp.noise_multiplier <= 0:
+      bad("dp.noise_multiplier", dp.noise_multiplier,
+          "must be > 0 (sigma = 0 gives no privacy)")
+    if dp.target_epsilon is not None and dp.target_epsilon <= 0:
+      bad("dp.target_epsilon", dp.target_epsilon, "must be > 0")
+    if dp.accountant not in ("pld", "rdp"):
+      bad("dp.accountant", dp.accountant, "valid: pld, rdp")
+    if dp.microbatch_size < 0 or dp.max_batch_size < 0:
+      bad("dp.microbatch_size/max_batch_size",
+          (dp.microbatch_size, dp.max_batch_size), "must be >= 0")
+    if config.data.tokenizer == "word" and not dp.allow_private_vocab:
+      bad("data.tokenizer", "word",
+          "a word vocabulary built from the private training set leaks its "
+          "rare words and is not covered by the accountant; use "
+          "data.tokenizer=gpt2 (public), or pass "
+          "--config.dp.allow_private_vocab=True to accept an epsilon that "
+          "does not cover the vocabulary")
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EncodedData:
+  """Token ids per split plus what the job reports about the data."""
+  arrays: dict[str, dict[str, np.ndarray]]   # split -> {"ids","mask","label"}
+  num_classes: int
+  vocab_size: int
+  oos_label: int | None
+  source: str
+  tokenizer_note: str
+
+
+class HashedBPE:
+  """The public GPT-2 BPE vocabulary hashed into `num_buckets` ids.
+
+  Token id t > 0 maps to 2 + (t mod (num_buckets - 2)); 0 is padding. The map
+  does not depend on any data, so it costs no privacy, and it keeps the
+  embedding table small enough for per-example gradients.
+  """
+
+  def __init__(self, num_buckets: int):
+    from trustjax.models import BPEEncoder
+    self._bpe = BPEEncoder()
+    self.num_buckets = int(num_buckets)
+
+  def __len__(self) -> int:
+    return self.num_buckets
+
+  def encode(self, texts, max_len):
+    ids, mask = self._bpe.encode(list(texts), max_len)
+    ids = np.asarray(ids, np.int64)
+    hashed = 2 + np.mod(ids, self.num_buckets - 2)
+    return np.where(mask, hashed, 0).astype(np.int32), np.asarray(mask, bool)
+
+
+def load_data(config: ConfigDict, workdir: str | None = None) -> EncodedData:
+  """Loads, tokenises and encodes the configured data set."""
+  from trustjax import data as tjdata
+  dc = config.data
+  if dc.name == "clinc150":
+    ds = tjdata.load_clinc150(dc.data_dir or None, include_oos=dc.include_oos,
+                              allow_synthetic=dc.allow_synthetic)
+  elif dc.name == "synthetic":
+    ds = tjdata.synthetic_intents(seed=0)
+  else:
+    if not dc.path:
+      raise ValueError("config.data.path is empty: data.name=file needs the "
+                       "path of a CSV / JSONL / JSON file")
+    ds = tjdata.load_text_classification(
+        dc.path, text_column=dc.text_column, label_column=dc.label_column)
+  limit = dc.max_examples
+  splits = {"train": ds.train, "val": ds.val, "test": ds.test}
+  if limit:
+    splits = {k: _head(v, limit) for k, v in splits.items()}
+  if dc.tokenizer == "gpt2":
+    tok = HashedBPE(dc.vocab_size)
+    note = (f"public GPT-2 BPE hashed into {dc.vocab_size} buckets "
+            "(data-independent; costs no privacy)")
+  else:
+    tok = tjdata.WordVocab.build(splits["train"].texts,
+                                 max_size=dc.vocab_size,
+                                 min_count=dc.min_count)
+    note = f"word vocabulary of {len(tok)} built from the training split"
+    if workdir:
+      tok.save(os.path.join(workdir, "vocab.json"))
+  arrays = {}
+  for name, split in splits.items():
+    ids, mask = tok.encode(split.texts, dc.max_len)
+    arrays[name] = {"ids": np.asarray(ids, np.int32),
+                    "mask": np.asarray(mask, bool),
+                    "label": np.asarray(split.labels, np.int32)}
+  return EncodedData(arrays=arrays, num_classes=len(ds.label_names),
+                     vocab_size=len(tok), oos_label=ds.oos_label,
+                     source=ds.source, tokenizer_note=note)
+
+
+def _head(split, n):
+  return type(split)(texts=list(split.texts[:n]), labels=split.labels[:n])
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+
+
+def _optimizer(config: ConfigDict):
+  import optax
+  oc = config.optimizer
+  if oc.name == "adam":
+    return optax.adam(oc.learning_rate)
+  if oc.name == "adamw":
+    return optax.adamw(oc.learning_rate)
+  return optax.sgd(oc.learning_rate, momentum=0.9)
+
+
+def num_train_steps(config: ConfigDict, num_examples: int) -> int:
+  if config.num_steps:
+    return int(config.num_steps)
+  return max(1, int(math.ceil(config.num_epochs * num_examples
+                              / config.batch_size)))
+
+
+def _epoch_batch(n: int, batch_size: int, seed: int, step: int):
+  """Shuffled fixed-size batches (non-private runs): indices and row mask."""
+  steps_per_epoch = max(1, math.ceil(n / batch_size))
+  epoch, i = divmod(step, steps_per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  idx = perm[i * batch_size:(i + 1) * batch_size]
+  mask = np.zeros(batch_size, bool)
+  mask[:len(idx)] = True
+  out = np.zeros(batch_size, np.int64)
+  out[:len(idx)] = idx
+  return out, mask
+
+
+def _gather(arrays, idx, mask):
+  batch = {k: v[idx] for k, v in arrays.items()}
+  for k, v in batch.items():
+    v[~mask] = 0
+  return batch
+
+
+def evaluate(model_apply, params, arrays, batch_size, oos_label):
+  """Accuracy, in-scope accuracy and out-of-scope recall/precision."""
+  preds = []
+  n = len(arrays["label"])
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size) % n
+    logits = model_apply(params, arrays["ids"][idx], arrays["mask"][idx])
+    preds.append(np.asarray(logits).argmax(-1)[:min(batch_size, n - start)])
+  pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+  y = arrays["label"]
+  out = {"accuracy": float(np.mean(pred == y)) if n else float("nan")}
+  if oos_label is not None:
+    ins = y != oos_label
+    oos = ~ins
+    out["in_scope_accuracy"] = float(np.mean(pred[ins] == y[ins]))
+    if oos.any():
+      out["oos_recall"] = float(np.mean(pred[oos] == oos_label))
+    flagged = pred == oos_label
+    if flagged.any():
+      out["oos_precision"] = float(np.mean(y[flagged] == oos_label))
+  return out
+
+
+@dataclasses.dataclass
+class Privacy:
+  """Resolved DP settings of a run: what the accountant and the noise share."""
+  mechanism: Any
+  sampler: Any
+  delta: float
+  steps: int
+  accountant: str
+
+  def epsilon(self, steps: int) -> float:
+    from trustjax.privacy import epsilon_from_event
+    if steps == 0:
+      return 0.0
+    return float(epsilon_from_event(self.sampler.dp_event(
+        self.mechanism.noise_multiplier, steps), self.delta,
+        accountant=self.accountant))
+
+
+def resolve_privacy(config: ConfigDict, num_examples: int,
+                    steps: int) -> Privacy:
+  """Calibrates sigma (or takes it), builds sampler + mechanism; validates."""
+  from trustjax import privacy as tjp
+  dp = config.dp
+  n = num_examples
+  q = config.batch_size / n
+  if q > 1:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} is the expected Poisson batch "
+        f"size and exceeds the {n} training examples; use at most {n}")
+  delta = dp.delta if dp.delta is not None else tjp.default_delta(n)
+  if delta >= 1.0 / n:
+    raise ValueError(f"config.dp.delta={delta} must be < 1/n = {1.0 / n:.3g} "
+                     f"for n={n} training examples")
+  sampler = tjp.PoissonSampler(
+      n, q, max_batch_size=dp.max_batch_size or None, seed=config.seed)
+  if dp.noise_multiplier is not None:
+    sigma = float(dp.noise_multiplier)
+  else:
+    sigma = tjp.calibrate_noise(dp.target_epsilon, delta, q, steps,
+                                accountant=dp.accountant)
+  mech = tjp.GaussianMechanism(l2_clip=dp.l2_clip, noise_multiplier=sigma,
+                               expected_batch_size=config.batch_size,
+                               sampling_rate=q)
+  priv = Privacy(mechanism=mech, sampler=sampler, delta=delta, steps=steps,
+                 accountant=dp.accountant)
+  if dp.target_epsilon is not None:
+    eps = priv.epsilon(steps)
+    if eps > dp.target_epsilon * (1 + 1e-9):
+      raise ValueError(
+          f"with dp.noise_multiplier={sigma} the run would spend epsilon "
+          f"{eps:.3f} > dp.target_epsilon={dp.target_epsilon}; raise sigma "
+          "or lower the number of steps")
+  return priv
+
+
+def _build(config: ConfigDict, data: EncodedData):
+  """Model, pure loss, jitted predict; params as a pytree of arrays."""
+  import jax
+  from flax import nnx
+  from trustjax import models
+  model = models.build_model(config.model, vocab_size=data.vocab_size,
+                             max_len=config.data.max_len,
+                             num_classes=data.num_classes,
+                             rngs=nnx.Rngs(config.seed))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  loss_fn = models.classifier_loss_fn(graphdef, rest=rest,
+                                      train=config.model.dropout > 0)
+
+  @jax.jit
+  def predict(params, ids, mask):
+    return nnx.merge(graphdef, params, rest)(ids, mask)
+
+  return params, loss_fn, predict
+
+
+def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
+  """One jitted update: (params, opt_state, batch, row_mask, key) -> ..."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  if privacy is None:
+    def step(params, opt_state, batch, row_mask, key):
+      def mean_loss(p):
+        per_ex, _ = loss_fn(p, batch, key)
+        w = row_mask.astype(per_ex.dtype)
+        return jnp.dot(per_ex, w) / jnp.maximum(w.sum(), 1.0)
+      loss, grads = jax.value_and_grad(mean_loss)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, {"loss": loss}
+    return jax.jit(step, donate_argnums=(0, 1))
+
+  from trustjax.privacy import clipped_grad
+  dp = config.dp
+
+  def loss_with_value(params, batch, rng):
+    # Keep only the per-example loss as aux: logits would cost memory.
+    per_ex, _ = loss_fn(params, batch, rng)
+    return per_ex, {"loss": per_ex}
+
+  grad_fn = clipped_grad(loss_with_value, dp.l2_clip, method=dp.method,
+                         microbatch_size=dp.microbatch_size or None,
+                         nan_policy=dp.nan_policy)
+
+  def dp_step(params, opt_state, batch, row_mask, key):
+    grad_sum, stats = grad_fn(params, batch, row_mask, key)
+    updates, opt_state = tx.update(grad_sum, opt_state, params)
+    per_ex = stats.aux["loss"]
+    metrics = {"frac_clipped": stats.frac_clipped,
+               "batch_size": stats.num_real,
+               "num_nonfinite": stats.num_nonfinite,
+               "mean_grad_norm": jnp.sum(
+                   stats.per_example_norms * row_mask) /
+               jnp.maximum(stats.num_real, 1)}
+    metrics["loss"] = jnp.dot(per_ex, row_mask.astype(per_ex.dtype)) / \
+        jnp.maximum(stats.num_real, 1)
+    return optax.apply_updates(params, updates), opt_state, metrics
+  return jax.jit(dp_step, donate_argnums=(0, 1))
+
+
+def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
+        stop_after: int | None = None) -> dict:
+  """Trains, evaluates and writes the workdir; returns the final summary.
+
+  `stop_after` ends the loop early after that many steps (with a checkpoint),
+  as a kill would; tests use it to check exact resume.
+  """
+  import jax
+  from trustjax import experiment as tjx
+  from trustjax.privacy import dpsgd
+
+  validate_config(config)
+  tjx.prepare_workdir(workdir, config, overwrite=overwrite)
+  data = load_data(config, workdir)
+  train = data.arrays["train"]
+  n = len(train["label"])
+  if n == 0:
+    raise ValueError("the training split is empty")
+  steps = num_train_steps(config, n)
+  privacy = resolve_privacy(config, n, steps) if config.dp.enabled else None
+
+  params, loss_fn, predict = _build(config, data)
+  opt = _optimizer(config)
+  if privacy is not None:
+    m = privacy.mechanism
+    tx = dpsgd(opt, m.l2_clip, m.noise_multiplier, m.expected_batch_size,
+               config.seed)
+  else:
+    tx = opt
+  opt_state = tx.init(params)
+  state = {"params": params, "opt_state": opt_state}
+
+  ckpt = tjx.Checkpointer(workdir, every_steps=config.checkpoint_every)
+  restored = ckpt.restore_latest(state)
+  start = 0
+  if restored is not None:
+    start, state, extra = restored
+    if privacy is not None and not math.isclose(
+        extra["noise_multiplier"], privacy.mechanism.noise_multiplier):
+      raise ValueError(
+          f"checkpoint in {workdir} was trained with noise_multiplier "
+          f"{extra['noise_multiplier']}, the config now gives "
+          f"{privacy.mechanism.noise_multiplier}; use --overwrite")
+    print(f"resuming from step {start} in {workdir}", flush=True)
+  writer = tjx.MetricWriter(workdir, resume_step=start if restored else None)
+  step_fn = _make_step(config, loss_fn, tx, privacy)
+  base_key = jax.random.key(config.seed)
+  progress = tjx.Progress(steps, initial_step=start,
+                          desc="dp-train" if privacy else "train")
+  params, opt_state = state["params"], state["opt_state"]
+  end = steps if stop_after is None else min(steps, start + stop_after)
+  t0 = time.perf_counter()
+  for step in range(start, end):
+    if privacy is not None:
+      idx, row_mask = privacy.sampler.batch(step)
+    else:
+      idx, row_mask = _epoch_batch(n, config.batch_size, config.seed, step)
+    batch = _gather(train, idx, row_mask)
+    params, opt_state, metrics = step_fn(
+        params, opt_state, batch, row_mask,
+        jax.random.fold_in(base_key, step))
+    done = step + 1
+    if done % config.log_every == 0 or done == steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if privacy is not None:
+        if metrics.get("num_nonfinite", 0) and config.dp.nan_policy == "raise":
+          raise FloatingPointError(
+              f"step {done}: {int(metrics['num_nonfinite'])} per-example "
+              "gradients were NaN/Inf; lower the learning rate, or set "
+              "dp.nan_policy=drop (such rows then contribute zero)")
+        metrics["epsilon"] = privacy.epsilon(done)
+      if config.eval_every and done % config.eval_every == 0:
+        val = evaluate(predict, params, data.arrays["val"],
+                       config.eval_batch_size, data.oos_label)
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+      writer.write(done, metrics)
+      progress.update(done, **{k: metrics[k] for k in ("loss", "epsilon")
+                               if k in metrics})
+    extra = {"step": done}
+    if privacy is not None:
+      extra.update(noise_multiplier=privacy.mechanism.noise_multiplier,
+                   sampler=privacy.sampler.state_dict(), steps_accounted=done)
+    ckpt.maybe_save(done, {"params": params, "opt_state": opt_state}, extra,
+                    force=(done == end))
+  progress.close()
+  train_time = time.perf_counter() - t0
+  if end < steps:
+    writer.close()
+    ckpt.close()
+    return {"stopped_at": end}
+
+  summary = {"data": data.source, "tokenizer": data.tokenizer_note,
+             "steps": steps, "train_seconds_this_run": round(train_time, 2),
+             "num_train_examples": n}
+  for split in ("train", "val", "test"):
+    if len(data.arrays[split]["label"]):
+      res = evaluate(predict, params, data.arrays[split],
+                     config.eval_batch_size, data.oos_label)
+      summary.update({f"{split}_{k}": v for k, v in res.items()})
+  if privacy is not None:
+    m = privacy.mechanism
+    summary.update(epsilon=privacy.epsilon(steps), delta=privacy.delta,
+                   noise_multiplier=m.noise_multiplier, l2_clip=m.l2_clip,
+                   sampling_rate=m.sampling_rate,
+                   expected_batch_size=m.expected_batch_size,
+                   accountant=privacy.accountant,
+                   sampling="Poisson (accounted as sampled)")
+    if config.data.tokenizer == "word":
+      summary["privacy_note"] = (
+          "epsilon does NOT cover the word vocabulary, which was built from "
+          "the private training set (dp.allow_private_vocab=True)")
+  else:
+    summary["epsilon"] = float("inf")
+  writer.write(steps, {f"final_{k}": v for k, v in summary.items()
+                       if isinstance(v, (int, float))})
+  writer.close()
+  ckpt.close()
+  _plot_curves(workdir)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def _plot_curves(workdir: str) -> None:
+  from trustjax import experiment as tjx
+  rows = [r for r in tjx.read_metrics(workdir) if "loss" in r]
+  if not rows:
+    return
+  xs = [r["step"] for r in rows]
+  tjx.line_plot(os.path.join(workdir, "loss.png"), xs,
+                {"train loss": [r["loss"] for r in rows]}, xlabel="step",
+                ylabel="loss", title="training loss")
+  if "epsilon" in rows[0]:
+    tjx.line_plot(os.path.join(workdir, "epsilon.png"), xs,
+                  {"epsilon": [r["epsilon"] for r in rows]}, xlabel="step",
+                  ylabel="epsilon", title="privacy spent")
+
+
+def format_summary(summary: dict) -> str:
+  """Human-readable final report, one `key: value` per line."""
+  lines = []
+  for k, v in summary.items():
+    lines.append(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+  return "\n".join(lines)
