@@ -9,3 +9,12 @@ from trustjax.federated.partition import labels_per_client
 from trustjax.federated.partition import quantity_skew
 from trustjax.federated.selection import Cohort
 from trustjax.federated.selection import select_clients
+from trustjax.federated.algorithms import Algorithm
+from trustjax.federated.algorithms import fedavg
+from trustjax.federated.algorithms import fedopt
+from trustjax.federated.algorithms import fedprox
+from trustjax.federated.algorithms import scaffold
+from trustjax.federated.rounds import client_batch_indices
+from trustjax.federated.rounds import local_steps
+from trustjax.federated.rounds import make_client_mesh
+from trustjax.federated.rounds import run_round
