@@ -76,9 +76,11 @@ def _cohort_program(algorithm: Algorithm, mesh: Any):
     upd, new_cs, metrics = jax.vmap(
         algorithm.client_update, in_axes=(None, 0, 0, 0))(
             server_state, client_states, batches, rngs)
-    agg = {"weighted": jax.tree.map(
-        lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1),
-        upd["weighted"])}
+    agg = {}
+    if "weighted" in upd:
+      agg["weighted"] = jax.tree.map(
+          lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1),
+          upd["weighted"])
     if "summed" in upd:
       agg["summed"] = jax.tree.map(
           lambda x: jnp.tensordot(unit.astype(x.dtype), x, axes=1),
