@@ -1,5 +1,9 @@
 """Data: TFDS builders and local readers for real data sets, batching, and
-the embedded synthetic fallback."""
+the embedded synthetic fallback.
+
+TFDS builders (`Clinc150`, `TinyShakespeare`, `Bold`) are prepared into
+ArrayRecord files and read with `as_data_source()`: no TensorFlow needed.
+"""
 
 from trustjax.data.batching import batch_iterator
 from trustjax.data.batching import gather_batch

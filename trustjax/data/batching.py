@@ -14,11 +14,20 @@ def gather_batch(arrays: Mapping[str, np.ndarray], indices: np.ndarray,
                  example_mask: np.ndarray) -> dict[str, np.ndarray]:
   """Rows `indices` of every array; rows where example_mask is False zeroed.
 
-  Adds "example_mask" (bool[B]) to the result.
+  For fixed-shape index batches such as `PoissonSampler.batch(step)`.
+
+  Args:
+    arrays: name -> array with a leading example axis [N, ...].
+    indices: int[B] row indices (values at padding positions are ignored).
+    example_mask: bool[B], True for real rows.
+
+  Returns:
+    name -> [B, ...] copies (the inputs are not modified), padding rows all
+    zeros, plus "example_mask" (bool[B]).
   """
   indices = np.asarray(indices)
   example_mask = np.asarray(example_mask, bool)
-  if indices.shape != example_mask.shape:
+  if indices.ndim != 1 or indices.shape != example_mask.shape:
     raise ValueError(f"indices shape {indices.shape} != example_mask shape "
                      f"{example_mask.shape}")
   out = {}

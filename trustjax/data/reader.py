@@ -28,12 +28,20 @@ def _infer_format(path: str) -> str:
 def _read_rows(path: str, fmt: str) -> list[dict]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"data file not found: {path}")
-  with open(path, encoding="utf-8", newline="") as f:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data path is not a file: {path}")
+  with open(path, encoding="utf-8-sig", newline="") as f:
     if fmt == "csv":
       delim = "\t" if path.lower().endswith(".tsv") else ","
       rows = list(csv.DictReader(f, delimiter=delim))
     elif fmt == "jsonl":
-      rows = [json.loads(line) for line in f if line.strip()]
+      rows = []
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            rows.append(json.loads(line))
+          except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({e})") from e
     else:
       content = f.read()
       rows = json.loads(content) if content.strip() else []
@@ -48,11 +56,30 @@ def _read_rows(path: str, fmt: str) -> list[dict]:
 
 
 def _column(rows, name, path, role):
-  cols = list(rows[0].keys())
+  """Values of column `name` as strings; errors name the file and row."""
+  if not isinstance(rows[0], dict):
+    raise ValueError(f"{path}: rows must be objects with named columns, got "
+                     f"{type(rows[0]).__name__}")
   if name not in rows[0]:
     raise ValueError(f"{role} column {name!r} not in {path}; available "
-                     f"columns: {cols}")
-  return [str(r[name]) for r in rows]
+                     f"columns: {list(rows[0].keys())}")
+  out = []
+  for n, r in enumerate(rows):
+    value = r.get(name) if isinstance(r, dict) else None
+    if value is None:
+      raise ValueError(f"{path}: row {n} has no value for {role} column "
+                       f"{name!r}")
+    out.append(str(value))
+  return out
+
+
+def _sorted_labels(labels) -> list[str]:
+  """Sorted label strings; numerically when every label is an integer."""
+  labels = set(labels)
+  try:
+    return sorted(labels, key=int)
+  except ValueError:
+    return sorted(labels)
 
 
 def load_text_classification(
@@ -74,8 +101,23 @@ def load_text_classification(
       unless True; then they get ids after the training labels (a model
       trained on train can never predict them).
 
-  Labels get ids in sorted order of the training labels.
+  Labels are read as strings. Ids: the training labels in sorted order
+  (numeric order when all are integers) get 0..K-1; with
+  allow_unseen_labels, labels seen only in val/test get ids K, K+1, ... in
+  sorted order (listed in `label_names` after the training labels).
+
+  Raises:
+    FileNotFoundError: a path does not exist (the message names it).
+    ValueError: a column is missing (the message lists the available
+      columns), a file holds no rows (names the file), labels occur only in
+      val/test and allow_unseen_labels is False (names them), or a split
+      value is not train/val/test.
   """
+  if format is not None and format not in FORMATS:
+    raise ValueError(f"format={format!r}; valid: {FORMATS} or None (infer "
+                     "from the file suffix)")
+  if isinstance(paths, os.PathLike):
+    paths = os.fspath(paths)
   if isinstance(paths, str):
     fmt = format or _infer_format(paths)
     rows = _read_rows(paths, fmt)
@@ -101,6 +143,8 @@ def load_text_classification(
              for s in ("train", "val", "test")}
     source = f"user data from {paths}"
   else:
+    alias = {"validation": "val", "dev": "val"}
+    paths = {alias.get(k, k): v for k, v in paths.items()}
     unknown = sorted(set(paths) - {"train", "val", "test"})
     if unknown or "train" not in paths:
       raise ValueError(f"paths keys must include 'train' and be among "
@@ -110,18 +154,20 @@ def load_text_classification(
       if s not in paths:
         parts[s] = ([], [])
         continue
-      p = paths[s]
+      p = os.fspath(paths[s])
       rows = _read_rows(p, format or _infer_format(p))
       parts[s] = (_column(rows, text_column, p, "text"),
                   _column(rows, label_column, p, "label"))
     source = f"user data from {dict(paths)}"
   if not parts["train"][0]:
     raise ValueError("the training split is empty")
-  names = sorted(set(parts["train"][1]))
-  unseen = sorted(set(parts["val"][1] + parts["test"][1]) - set(names))
+  names = _sorted_labels(parts["train"][1])
+  unseen = _sorted_labels(set(parts["val"][1] + parts["test"][1])
+                          - set(names))
   if unseen and not allow_unseen_labels:
     raise ValueError(f"labels {unseen[:20]} occur in val/test but never in "
-                     "train; fix the data or pass allow_unseen_labels=True")
+                     "train; fix the data or pass allow_unseen_labels=True "
+                     "(they then get ids after the training labels)")
   names += unseen
   index = {n: i for i, n in enumerate(names)}
   if label_map_path:

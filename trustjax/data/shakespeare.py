@@ -1,16 +1,26 @@
 """Tiny Shakespeare as speeches with their speaker: natural FL clients.
 
-Each speech starts with a `SPEAKER:` line; speeches are separated by blank
-lines. The file carries no play markers, so a client is a speaker within a
-contiguous segment of the text: a speaker's segment ends when they have not
-spoken for `max_gap` speeches (default 100). This approximates LEAF's
-speaker-by-play clients; on the shared file it yields 525 clients from 309
-distinct speaker names and 7222 speeches.
+In `input.txt` (github.com/karpathy/char-rnn) each speech starts with a
+`SPEAKER:` line and speeches are separated by blank lines. LEAF's Shakespeare
+(Caldas et al. 2018, https://arxiv.org/abs/1812.01097) makes one client per
+speaker per play; this file carries no play or scene markers, so segments
+are derived deterministically:
+
+  Segment heuristic: a new segment starts at speech i when none of the
+  `window` speakers of speeches i-window..i-1 speaks in speeches
+  i..i+window-1 (the cast changes completely, as at a scene change).
+
+A client is a speaker within a segment, id `"SPEAKER@segment"`. Speaker
+lines with no text after them (125 in the file) are dropped; a block without
+a speaker line continues the previous speech. With the default `window=4`
+the shared file yields 7097 speeches, 299 speaker names, 311 segments and
+1194 speaker-by-segment clients.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -20,35 +30,55 @@ from trustjax.data import _tfds
 URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
        "tinyshakespeare/input.txt")
 FILE = "input.txt"
+SUBDIR = "tinyshakespeare"
+DEFAULT_WINDOW = 4
+# A speaker line: a capitalised name (letters, spaces, "'", ",", "&", "-",
+# ".") ending in ":", e.g. "First Citizen:", "KING RICHARD III:".
+_SPEAKER = re.compile(r"[A-Z][A-Za-z0-9 ,'&.\-]{0,40}:")
 
 
-def parse_speeches(text: str, max_gap: int = 100):
-  """[(speaker, speech_text, client_id)] in file order."""
-  out, last, seg = [], {}, {}
-  blocks = [b for b in text.split("\n\n") if b.strip()]
-  for i, block in enumerate(blocks):
-    head, _, body = block.strip("\n").partition("\n")
-    if not head.endswith(":"):
-      continue
-    speaker = head[:-1].strip()
-    if speaker not in last or i - last[speaker] > max_gap:
-      seg[speaker] = seg.get(speaker, -1) + 1
-    last[speaker] = i
-    out.append((speaker, body.strip(), f"{speaker}#{seg[speaker]}"))
+def parse_speeches(text: str, window: int = DEFAULT_WINDOW
+                   ) -> list[tuple[str, str, str]]:
+  """[(speaker, speech_text, client_id)] in file order (see module doc)."""
+  if window < 1:
+    raise ValueError(f"window={window} must be >= 1")
+  speeches = []   # [speaker, text]
+  for block in text.split("\n\n"):
+    block = block.strip("\n")
+    head, _, body = block.partition("\n")
+    head = head.strip()
+    if _SPEAKER.fullmatch(head):
+      speeches.append([head[:-1].strip(), body.strip()])
+    elif speeches and block.strip():
+      # A block without a `SPEAKER:` line continues the previous speech.
+      speeches[-1][1] = (speeches[-1][1] + "\n" + block.strip()).strip()
+  speeches = [(s, t) for s, t in speeches if t]
+  speakers = [s for s, _ in speeches]
+  out, segment = [], 0
+  for i, (speaker, body) in enumerate(speeches):
+    if i and not (set(speakers[max(0, i - window):i])
+                  & set(speakers[i:i + window])):
+      segment += 1
+    out.append((speaker, body, f"{speaker}@{segment}"))
   return out
 
 
 class TinyShakespeare(tfds.core.GeneratorBasedBuilder):
-  """Speeches with speaker and client id (speaker within a text segment)."""
+  """Speeches with speaker and client id (speaker within a segment).
+
+  One split, `train`; features text, speaker, client_id, index (position of
+  the speech in the file).
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "Optional: set TRUSTJAX_DATA_DIR (see ../shared/data/README.md); "
-      "otherwise the public file is downloaded.")
+      f"Optional: place {FILE} in the manual dir, or set TRUSTJAX_DATA_DIR "
+      f"to a folder holding {SUBDIR}/{FILE}; otherwise {URL} is downloaded.")
 
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self,
+        description="Tiny Shakespeare speeches by speaker-by-segment client.",
         features=tfds.features.FeaturesDict({
             "text": tfds.features.Text(),
             "speaker": tfds.features.Text(),
@@ -58,9 +88,7 @@ class TinyShakespeare(tfds.core.GeneratorBasedBuilder):
         homepage="https://github.com/karpathy/char-rnn")
 
   def _split_generators(self, dl_manager):
-    local = _tfds.manual_file(dl_manager, FILE)
-    path = local if local else \
-        dl_manager.download(URL)
+    path = _tfds.manual_file(dl_manager, FILE) or dl_manager.download(URL)
     with open(path, encoding="utf-8") as f:
       speeches = parse_speeches(f.read())
     return {"train": self._generate_examples(speeches)}
@@ -71,32 +99,63 @@ class TinyShakespeare(tfds.core.GeneratorBasedBuilder):
                 "index": i}
 
 
-def load_shakespeare(data_dir: str | None = None, *,
-                     cache_dir: str | None = None) -> dict[str, list]:
-  """{"text", "speaker", "client_id"} lists in file order.
+def read_prepared(builder) -> dict:
+  """A prepared (or mocked) TinyShakespeare builder as loader output."""
+  cols = _tfds.read_split(builder, "train",
+                          ("text", "speaker", "client_id", "index"))
+  order = np.argsort(np.asarray(cols["index"], np.int64), kind="stable")
+  out = {k: [_tfds.text(cols[k][i]) for i in order]
+         for k in ("text", "speaker", "client_id")}
+  names, index = [], {}
+  for c in out["client_id"]:
+    if c not in index:
+      index[c] = len(names)
+      names.append(c)
+  out["client_index"] = np.array([index[c] for c in out["client_id"]],
+                                 np.int32)
+  out["client_names"] = names
+  return out
 
-  Raises FileNotFoundError naming the paths tried when no file is found and
-  the download fails.
+
+def load_shakespeare(data_dir: str | None = None, *,
+                     cache_dir: str | None = None,
+                     download: bool = True) -> dict:
+  """Tiny Shakespeare speeches in file order.
+
+  Args:
+    data_dir: `input.txt`, its folder, or a root holding
+      `tinyshakespeare/input.txt`; None: `$TRUSTJAX_DATA_DIR`.
+    cache_dir: TFDS cache (default $TRUSTJAX_TFDS_DIR or
+      ~/.cache/trustjax/tfds).
+    download: try the public URL when nothing local or cached is found.
+
+  Returns:
+    {"text": list[str] (N speeches), "speaker": list[str] (N),
+     "client_id": list[str] (N, "SPEAKER@segment"),
+     "client_index": int32[N] (0..C-1 in order of first appearance),
+     "client_names": list[str] (C, client_names[client_index[i]] ==
+     client_id[i])}.
+
+  Raises:
+    FileNotFoundError: naming the paths tried, when no file, cache or
+      download is available.
   """
-  roots = [r for r in (data_dir, os.environ.get("TRUSTJAX_DATA_DIR")) if r]
-  tried, manual = [], None
-  for r in roots:
-    for d in (r, os.path.join(r, "tinyshakespeare")):
-      tried.append(os.path.join(d, FILE))
-      if os.path.isfile(tried[-1]):
-        manual = d
-        break
-    if manual:
-      break
-  try:
-    builder = _tfds.prepare(TinyShakespeare, cache_dir=cache_dir,
-                            manual_dir=manual)
-  except Exception as e:
-    raise FileNotFoundError(
-        f"Tiny Shakespeare not found (tried {tried} and {URL}: "
-        f"{type(e).__name__}); set TRUSTJAX_DATA_DIR to a folder holding "
-        f"tinyshakespeare/{FILE}") from e
-  ds = builder.as_data_source()["train"]
-  rows = sorted((ds[i] for i in range(len(ds))), key=lambda r: r["index"])
-  return {k: [_tfds.text(r[k]) for r in rows]
-          for k in ("text", "speaker", "client_id")}
+  path, tried = _tfds.find_local(FILE, SUBDIR, data_dir)
+  builder = _tfds.make_builder(TinyShakespeare, cache_dir)
+  if path is not None:
+    _tfds.prepare(builder, manual_dir=os.path.dirname(path))
+  elif not _tfds.is_prepared(builder):
+    err = "download disabled (download=False)"
+    if download:
+      try:
+        _tfds.download_or_raise(builder, URL)
+      except Exception as e:   # pylint: disable=broad-except
+        err = f"download of {URL} failed: {type(e).__name__}: {e}"
+    if not _tfds.is_prepared(builder):
+      where = tried or "(no data_dir; TRUSTJAX_DATA_DIR unset)"
+      raise FileNotFoundError(
+          f"Tiny Shakespeare not found: tried {where}, the TFDS cache "
+          f"{builder.data_path}; "
+          f"{err}. Set TRUSTJAX_DATA_DIR to a folder holding "
+          f"{SUBDIR}/{FILE} or pass data_dir=.")
+  return read_prepared(builder)

@@ -36,10 +36,6 @@ _INTENTS = {
                 "will it rain in {city} {day}",
                 "do i need an umbrella {day}",
                 "how hot will it be in {city}"],
-    "book_flight": ["book a flight to {city} {day}",
-                    "i need a plane ticket to {city}",
-                    "find me flights from {city} to {city} {day}",
-                    "can you get me on a flight {day}"],
     "order_food": ["order {food} for delivery",
                    "i want {food} {day}",
                    "get me some {food} from a place nearby",
@@ -59,14 +55,6 @@ _INTENTS = {
                   "translate thank you into {lang}",
                   "what is {food} in {lang}",
                   "say good morning in {lang}"],
-    "alarm": ["set an alarm for 7 am {day}",
-              "wake me up at six {day}",
-              "cancel my alarm {day}",
-              "change my alarm to 8 am"],
-    "reminder": ["remind me to call {person} {day}",
-                 "set a reminder to buy {food}",
-                 "remind me about the meeting {day}",
-                 "don't let me forget to pay {person}"],
     "smart_home": ["turn off {thing}", "switch on {thing}",
                    "dim {thing} in the bedroom",
                    "is {thing} still on"],
@@ -77,10 +65,6 @@ _INTENTS = {
                  "schedule lunch with {person} {day}",
                  "am i free {day}",
                  "add a meeting with {person} {day}"],
-    "restaurant": ["find a {food} restaurant in {city}",
-                   "book a table for two {day}",
-                   "recommend a place for {food} near me",
-                   "reserve a table in {city} {day}"],
     "directions": ["how do i get to {city}",
                    "give me directions to the nearest station",
                    "how long is the drive to {city}",
@@ -106,6 +90,32 @@ _INTENTS = {
              "say something funny"],
 }
 
+# A factorised grid of intents (action x object): every action word occurs
+# with every object and vice versa, so a class needs both, never one token.
+_ACTIONS = {
+    "create": ["set up {obj}", "make {obj}", "i need {obj}", "create {obj}",
+               "add {obj}"],
+    "cancel": ["cancel {obj}", "get rid of {obj}", "delete {obj}",
+               "i no longer need {obj}", "call off {obj}"],
+    "check": ["what is the status of {obj}", "check on {obj}",
+              "is {obj} still on", "do i have {obj}", "show me {obj}"],
+}
+_OBJECTS = {
+    "alarm": ["an alarm for 7 am {day}", "my alarm {day}",
+              "a wake up alarm"],
+    "reminder": ["a reminder to call {person}", "my reminder about {food}",
+                 "a reminder {day}"],
+    "reservation": ["a table at the {food} place {day}",
+                    "my dinner reservation in {city}",
+                    "a restaurant booking for {person}"],
+    "flight": ["a flight to {city} {day}", "my plane ticket to {city}",
+               "the flight with {person}"],
+}
+for _a, _verbs in _ACTIONS.items():
+  for _o, _objs in _OBJECTS.items():
+    _INTENTS[f"{_a}_{_o}"] = [v.replace("{obj}", o) for v in _verbs
+                              for o in _objs]
+
 _OOS = ["what is the meaning of life", "how tall is the tallest tree",
         "who painted the ceiling in {city}", "can dogs eat {food}",
         "why is the sky blue {day}", "how many moons does jupiter have",
@@ -114,8 +124,17 @@ _OOS = ["what is the meaning of life", "how tall is the tallest tree",
         "how do airplanes stay in the air"]
 
 
+# Politeness wrappers shared by every class (including oos), so that no
+# class owns a whole sentence shape.
+_PREFIX = ["", "", "", "please ", "hey, ", "can you ", "i was wondering, ",
+           "quick question: ", "assistant, "]
+_SUFFIX = ["", "", "", " please", " thanks", " right now", " for me",
+           " if you can"]
+
+
 def _fill(template: str, rng: np.random.Generator) -> str:
-  out = template
+  out = (_PREFIX[rng.integers(len(_PREFIX))] + template
+         + _SUFFIX[rng.integers(len(_SUFFIX))])
   while "{" in out:
     start = out.index("{")
     end = out.index("}", start)
@@ -127,11 +146,28 @@ def _fill(template: str, rng: np.random.Generator) -> str:
 
 def synthetic_intents(num_per_class: int = 60, *, include_oos: bool = True,
                       seed: int = 0) -> TextClassificationData:
-  """A deterministic synthetic intent set: 20 intents (+ `oos`).
+  """A deterministic synthetic intent set: 28 intents (+ `oos`).
 
-  Per class, `num_per_class` train rows and a quarter of that each for val
-  and test. Labels are sorted intent names, `oos` last.
+  16 intents have 4 templates each; 12 more form an action x object grid
+  (create/cancel/check x alarm/reminder/reservation/flight) where the class
+  needs both the action and the object words. Slot fillers (cities, days,
+  foods, people, ...) and politeness prefixes/suffixes are shared across
+  intents, so no single token identifies a class, yet a bag-of-words model
+  learns it well. Exact duplicate sentences across splits are possible
+  (small template space), as in real intent data.
+
+  Args:
+    num_per_class: train rows per class; val and test get
+      max(1, num_per_class // 4) rows per class each.
+    include_oos: add the out-of-scope class `oos` (last label).
+    seed: the same seed gives the same data set.
+
+  Returns:
+    TextClassificationData with labels = sorted intent names (+ `oos` last),
+    rows grouped by class, and `source` saying it is synthetic.
   """
+  if num_per_class < 1:
+    raise ValueError(f"num_per_class={num_per_class} must be >= 1")
   rng = np.random.default_rng(seed)
   names = sorted(_INTENTS)
   templates = [_INTENTS[n] for n in names]
