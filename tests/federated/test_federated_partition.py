@@ -9,7 +9,8 @@ from trustjax import federated as fl
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 400), k=st.integers(1, 30), seed=st.integers(0, 99),
-       kind=st.sampled_from(["iid", "dirichlet", "labels", "quantity"]))
+       kind=st.sampled_from(["iid", "dirichlet", "labels", "quantity",
+                             "heavy"]))
 def test_every_example_assigned_exactly_once(n, k, seed, kind):
   labels = np.random.default_rng(seed).integers(0, 5, n)
   if kind == "iid":
@@ -21,6 +22,11 @@ def test_every_example_assigned_exactly_once(n, k, seed, kind):
     if k * each < len(np.unique(labels)):
       return
     a = fl.labels_per_client(labels, k, labels_each=each, seed=seed)
+  elif kind == "heavy":
+    if k > n:
+      return
+    a = fl.heavy_tailed_dirichlet(labels, k, alpha=0.3, sigma=1.0, seed=seed)
+    assert np.bincount(a, minlength=k).min() >= 1
   else:
     if k > n:
       return
@@ -105,3 +111,16 @@ def test_natural_clients_and_errors():
     fl.iid(0, 3, seed=0)
   st_ = data.statistics(label_key="none")
   assert st_["num_clients"] == 3 and st_["size_max"] == 2
+
+
+def test_heavy_tailed_dirichlet_is_skewed_in_size_and_labels():
+  labels = np.repeat(np.arange(150), 100)
+  a = fl.heavy_tailed_dirichlet(labels, 1000, alpha=0.5, sigma=1.5, seed=0)
+  data = fl.FederatedData.from_assignment({"label": labels}, a, 1000)
+  sizes = data.client_sizes()
+  assert sizes.min() >= 1 and sizes.max() / np.median(sizes) > 20
+  # Large clients see far fewer distinct labels than an IID draw would.
+  big = sizes >= 100
+  distinct = (data.label_counts() > 0).sum(1)[big]
+  iid_expect = 150 * (1 - (1 - 1 / 150) ** sizes[big])
+  assert big.sum() >= 5 and np.all(distinct < 0.7 * iid_expect)

@@ -3,6 +3,7 @@
 from trustjax.federated.data import FederatedData
 from trustjax.federated.partition import cluster_skew
 from trustjax.federated.partition import dirichlet_label_skew
+from trustjax.federated.partition import heavy_tailed_dirichlet
 from trustjax.federated.partition import iid
 from trustjax.federated.partition import kmeans
 from trustjax.federated.partition import labels_per_client

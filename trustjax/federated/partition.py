@@ -42,10 +42,15 @@ def iid(num_examples: int, num_clients: int, *, seed: int) -> np.ndarray:
 
 def dirichlet_label_skew(labels: np.ndarray, num_clients: int, *,
                          alpha: float, seed: int, min_size: int = 0,
-                         max_tries: int = 100) -> np.ndarray:
+                         max_tries: int = 100,
+                         size_weights: np.ndarray | None = None
+                         ) -> np.ndarray:
   """For each label, its examples are split by proportions ~ Dir(alpha).
 
   Small alpha: each client sees few labels; alpha -> inf approaches IID.
+  `size_weights[K]` (e.g. log-normal draws) multiply each client's
+  proportions before renormalising, which adds heavy-tailed quantity skew
+  (client k's expected size ∝ size_weights[k]).
   Retries (up to `max_tries`) until every client has >= `min_size` examples.
   """
   labels = np.asarray(labels)
@@ -58,6 +63,9 @@ def dirichlet_label_skew(labels: np.ndarray, num_clients: int, *,
     for y in np.unique(labels):
       idx = rng.permutation(np.flatnonzero(labels == y))
       props = rng.dirichlet(np.full(num_clients, alpha))
+      if size_weights is not None:
+        props = props * np.asarray(size_weights, np.float64)
+        props = props / props.sum()
       for c, part in enumerate(_split_by_proportions(idx, props)):
         out[part] = c
     if np.bincount(out, minlength=num_clients).min() >= min_size:
@@ -94,6 +102,41 @@ def labels_per_client(labels: np.ndarray, num_clients: int, *,
     idx = rng.permutation(np.flatnonzero(labels == y))
     for c, part in zip(cs, np.array_split(idx, len(cs))):
       out[part] = c
+  return out
+
+
+def heavy_tailed_dirichlet(labels: np.ndarray, num_clients: int, *,
+                           alpha: float, sigma: float, seed: int,
+                           min_size: int = 1) -> np.ndarray:
+  """Log-normal(0, sigma) client sizes with Dirichlet(alpha) label mixes.
+
+  The heavy-tailed non-IID population of real device fleets, and it scales
+  to more clients than examples per label (where per-label Dirichlet splits
+  leave clients empty). Sizes are drawn first (every client >= min_size,
+  summing to N); then each client k draws p_k ~ Dir(alpha 1) over labels and
+  takes its n_k examples one label draw at a time from p_k restricted to the
+  labels not yet used up. Every example is assigned exactly once.
+  """
+  labels = np.asarray(labels)
+  n = len(labels)
+  sizes = np.bincount(quantity_skew(n, num_clients, seed=seed, sigma=sigma,
+                                    min_size=min_size),
+                      minlength=num_clients)
+  rng = np.random.default_rng([seed, 2])
+  classes, y = np.unique(labels, return_inverse=True)
+  pools = [list(rng.permutation(np.flatnonzero(y == c)))
+           for c in range(len(classes))]
+  left = np.array([len(p) for p in pools], np.float64)
+  out = np.empty(n, np.int64)
+  for k in rng.permutation(num_clients):
+    p = rng.dirichlet(np.full(len(classes), alpha))
+    for _ in range(sizes[k]):
+      q = p * (left > 0)
+      if q.sum() <= 0:
+        q = (left > 0).astype(np.float64)
+      c = rng.choice(len(classes), p=q / q.sum())
+      out[pools[c].pop()] = k
+      left[c] -= 1
   return out
 
 
