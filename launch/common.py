@@ -2,7 +2,14 @@
 
 import sys
 
+from absl import logging
+
 from trustjax.experiment import classification
+
+
+def quiet_logs() -> None:
+  """Keep orbax's per-save INFO lines out of the job's output."""
+  logging.set_verbosity(logging.WARNING)
 
 
 def run_classification(config, workdir: str, overwrite: bool,
@@ -12,6 +19,7 @@ def run_classification(config, workdir: str, overwrite: bool,
     script = "train_dp" if config.dp.enabled else "train"
     sys.exit(f"error: this config has dp.enabled={config.dp.enabled}; run it "
              f"with `python -m launch.{script}`")
+  quiet_logs()
   try:
     summary = classification.run(config, workdir, overwrite=overwrite)
   except (ValueError, FileNotFoundError) as e:

@@ -132,6 +132,8 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
   if algorithm.uses_client_state and client_states is None:
     raise ValueError(f"{algorithm.name} needs client_states (one per "
                      "client)")
+  if client_states is not None:
+    client_states = jax.tree.map(jnp.asarray, client_states)
   sizes = data.client_sizes()[clients]
   steps = local_steps(sizes, batch_size, local_epochs)
   buckets = {}
