@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   config.model.name = "bag"
   config.optimizer.learning_rate = 0.003
   config.batch_size = 64
-  config.num_epochs = 8.0
+  config.num_epochs = 6.0   # chosen on the validation split (89.8% in-scope)
   if arg in (None, "", "default"):
     pass
   elif arg == "transformer":

@@ -119,7 +119,7 @@ def test_bad_dp_config_fails_before_training(tmp_path, override, match):
 
 
 def test_unreachable_epsilon_is_refused(tmp_path):
-  cfg = _config(True, **{"dp.target_epsilon": 1e-4})
+  cfg = _config(True, **{"dp.target_epsilon": 1e-12})
   with pytest.raises(ValueError, match="epsilon"):
     classification.run(cfg, str(tmp_path / "run"))
 

@@ -345,16 +345,18 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
   if delta >= 1.0 / n:
     raise ValueError(f"config.dp.delta={delta} must be < 1/n = {1.0 / n:.3g} "
                      f"for n={n} training examples")
+  # The sampler's own event (truncation at max_batch_size included) is what
+  # sigma is calibrated for and what epsilon is reported from.
   sampler = tjp.PoissonSampler(
-      n, q, max_batch_size=dp.max_batch_size or None, seed=config.seed)
+      n, q, max_batch_size=dp.max_batch_size or None, seed=config.seed,
+      steps=steps)
   if dp.noise_multiplier is not None:
     sigma = float(dp.noise_multiplier)
   else:
-    sigma = tjp.calibrate_noise(dp.target_epsilon, delta, q, steps,
+    sigma = tjp.calibrate_event(lambda s: sampler.dp_event(s, steps),
+                                dp.target_epsilon, delta,
                                 accountant=dp.accountant)
-  mech = tjp.GaussianMechanism(l2_clip=dp.l2_clip, noise_multiplier=sigma,
-                               expected_batch_size=config.batch_size,
-                               sampling_rate=q)
+  mech = tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip, sigma)
   priv = Privacy(mechanism=mech, sampler=sampler, delta=delta, steps=steps,
                  accountant=dp.accountant)
   if dp.target_epsilon is not None:
@@ -362,8 +364,8 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
     if eps > dp.target_epsilon * (1 + 1e-9):
       raise ValueError(
           f"with dp.noise_multiplier={sigma} the run would spend epsilon "
-          f"{eps:.3f} > dp.target_epsilon={dp.target_epsilon}; raise sigma "
-          "or lower the number of steps")
+          f"{eps:.3g} > dp.target_epsilon={dp.target_epsilon}; raise sigma, "
+          "lower the number of steps or the batch size")
   return priv
 
 
@@ -545,8 +547,12 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
           "the private training set (dp.allow_private_vocab=True)")
   else:
     summary["epsilon"] = float("inf")
+  # Wall-clock time is not part of metrics.jsonl: it must be identical
+  # whether or not the run was interrupted.
   writer.write(steps, {f"final_{k}": v for k, v in summary.items()
-                       if isinstance(v, (int, float))})
+                       if isinstance(v, (int, float)) and
+                       k not in ("train_seconds_this_run", "epsilon")
+                       or (k == "epsilon" and privacy is not None)})
   writer.close()
   ckpt.close()
   _plot_curves(workdir)

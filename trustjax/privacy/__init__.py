@@ -41,3 +41,11 @@ from trustjax.privacy.noise import GaussianNoiseState
 from trustjax.privacy.sampling import default_max_batch_size
 from trustjax.privacy.sampling import PoissonSampler
 from trustjax.privacy.sampling import ShuffledBatchSampler
+from trustjax.privacy.adaptive import count_noise_multiplier
+from trustjax.privacy.adaptive import gradient_noise_multiplier
+from trustjax.privacy.adaptive import GaussianQuery
+from trustjax.privacy.adaptive import private_layer_quantiles
+from trustjax.privacy.adaptive import quantile_clip_update
+from trustjax.privacy.distributed import make_dp_grad_fn
+from trustjax.privacy.tree import unflatten_clips
+from trustjax.privacy.tree import uniform_per_layer_clip

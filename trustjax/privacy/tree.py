@@ -24,7 +24,7 @@ def is_concrete(x: Any) -> bool:
 
 
 def clip_leaves(l2_clip: Any) -> list:
-  """The thresholds of `l2_clip` in group order (a one-element list if scalar)."""
+  """Thresholds of `l2_clip` in group order (one element if a scalar)."""
   leaves = jax.tree.leaves(l2_clip)
   if not leaves:
     raise ValueError(f"l2_clip={l2_clip!r} has no leaves; pass a positive "
