@@ -30,10 +30,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
-import numpy as np
 
 CONST, BATCHED, MIXED = "const", "batched", "mixed"
 
@@ -366,8 +364,11 @@ class _Analyzer:
 
 
 def analyze(jaxpr, n_params: int, batch_infos: list, n_rng: int,
-            batch_size: int) -> tuple[Analysis, str]:
-  """Classifies params and taps; returns (analysis, loss_status_message)."""
+            batch_size: int) -> Analysis:
+  """Classifies parameter leaves into ghost taps and vmap fallbacks.
+
+  Raises ValueError when the per-example loss is not provably batch-local.
+  """
   an = _Analyzer(batch_size)
   infos = ([PView(k, (), True, False) for k in range(n_params)] +
            list(batch_infos) + [CONST] * n_rng)
@@ -414,9 +415,10 @@ def _uses_any(jaxpr, vars_) -> bool:
 def evaluate(closed, args: list, taps: list, zs: list):
   """Evaluates `closed` with `zs[j]` added at `taps[j]`.
 
-  Returns (outputs, recorded, side_vals) where recorded[j] is the layer input of a "dot"
-  tap (the batched operand) or the index operand of an "embed" tap, and None
-  for "ew" taps.
+  Returns (outputs, recorded, side_vals): recorded[j] is the layer input of
+  a "dot" tap (the batched operand), the index operand of an "embed" tap, and
+  None for "ew" taps; side_vals[path] holds the operands of view-chain ops
+  with constant side inputs (see `_apply_chain`).
   """
   by_path = {t.path: j for j, t in enumerate(taps)}
   recorded = [None] * len(taps)
@@ -479,4 +481,3 @@ def row_view_fn(chain, side_vals) -> Callable:
 
 
 apply_chain = _apply_chain
-_ = np

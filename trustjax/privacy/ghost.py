@@ -55,7 +55,8 @@ class GhostStats(NamedTuple):
     aux: the aux output of `loss_fn` (None when `has_aux=False`).
     num_nonfinite: int32[] real rows whose norm is not finite; they are
       dropped from the sum (weight 0).
-    num_fallback_params: number of parameter leaves handled by vmap (static).
+    num_fallback_params: number of parameter leaves handled by vmap (0 is
+      reported on the microbatched path).
   """
   per_example_norms: jax.Array
   num_real: jax.Array
@@ -204,7 +205,6 @@ def _ghost_chunk(loss_with_aux, l2_clip, strategy, params, batch, mask, rng):
         f"{fallback} need vmap; all parameters fall back to vmap so that every "
         "per-example gradient comes from the same single-example trace.")
     fallback, taps = list(range(n_p)), []
-  ghost_leaves = [t.leaf for t in taps]
   # Unused params with no tap and not in fallback get zero gradients.
 
   # ---- one forward + one backward, w.r.t. zero perturbations at the taps.
@@ -256,7 +256,6 @@ def _ghost_chunk(loss_with_aux, l2_clip, strategy, params, batch, mask, rng):
   for k in range(n_p):
     if grads[k] is None:
       grads[k] = jnp.zeros_like(p_leaves[k])
-  del ghost_leaves
 
   num_real = jnp.sum(mask.astype(jnp.int32))
   clipped = jnp.sum((mask & (norms > l2_clip)).astype(jnp.float32))
