@@ -16,7 +16,7 @@ described by `dp_accounting.TruncatedSubsampledGaussianDpEvent`
 (arXiv:2508.15089), which the PLD accountant handles exactly. The RDP
 accountant does not support it; `epsilon_from_event(..., accountant="rdp")`
 then accounts the untruncated Poisson event and pays the truncation through
-delta by a total-variation argument (see `_rdp_epsilon_with_truncation`).
+delta by a total-variation argument (see `_epsilon_with_truncation`).
 """
 
 from __future__ import annotations
@@ -292,8 +292,16 @@ def _raw_epsilon(event, delta, accountant, vdi, rdp_orders) -> float:
   return float(acc.get_epsilon(delta))
 
 
-def _rdp_epsilon_with_truncation(event, tv, delta, rdp_orders) -> float:
-  """Epsilon of a truncated run from the untruncated run's RDP epsilon.
+# Below this ratio tv / delta, truncated events are accounted by the coupling
+# bound even with PLD: PLD of TruncatedSubsampledGaussianDpEvent costs seconds
+# per call (calibration makes dozens), and the bound then costs at most
+# (1 + e^eps) * 1e-3 of delta.
+TRUNCATION_COUPLING_MAX_TV_OVER_DELTA = 1e-3
+
+
+def _epsilon_with_truncation(event, tv, delta, accountant, vdi,
+                             rdp_orders) -> float:
+  """Epsilon of a truncated run from the untruncated run's epsilon.
 
   Let M be the untruncated mechanism and M' the truncated one, coupled so
   that they agree unless a truncation happens: for every data set D with at
@@ -311,7 +319,7 @@ def _rdp_epsilon_with_truncation(event, tv, delta, rdp_orders) -> float:
           f"Truncation probability over the run (tv={tv:.3g}) is too large "
           f"for delta={delta!r} with the RDP accountant; use accountant='pld' "
           "(exact for truncated sampling) or a larger max_batch_size.")
-    return _raw_epsilon(event, d, "rdp", None, rdp_orders)
+    return _raw_epsilon(event, d, accountant, vdi, rdp_orders)
 
   eps = eps_at(delta - 2.0 * tv)
   for _ in range(100):
@@ -320,8 +328,8 @@ def _rdp_epsilon_with_truncation(event, tv, delta, rdp_orders) -> float:
     if needed <= candidate:
       return candidate
     eps = needed
-  raise ValueError("Could not bound epsilon for the truncated run with the RDP "
-                   "accountant; use accountant='pld'.")
+  raise ValueError("Could not bound epsilon for the truncated run with the "
+                   f"{accountant!r} accountant; use accountant='pld'.")
 
 
 def epsilon_from_event(event: dpe.DpEvent,
@@ -338,17 +346,22 @@ def epsilon_from_event(event: dpe.DpEvent,
   `TruncatedSubsampledGaussianDpEvent`: such events are replaced by the
   untruncated Poisson event and the probability tv that any step truncates is
   paid as extra delta (1 + e^eps) * tv (a coupling / total-variation bound, see
-  `_rdp_epsilon_with_truncation`), so the returned epsilon is still valid at
-  `delta`. Returns `math.inf` for a non-private event.
+  `_epsilon_with_truncation`), so the returned epsilon is still valid at
+  `delta`. PLD uses the same bound when tv <= 1e-3 * delta (the usual case:
+  samplers truncate with negligible probability), because PLD of the
+  truncated event is slow; otherwise PLD accounts the truncated event
+  exactly. Returns `math.inf` for a non-private event.
   """
   delta = _check_delta(delta)
   _check_accountant(accountant)
   if not isinstance(event, dpe.DpEvent):
     raise ValueError(f"event={event!r} must be a dp_accounting DpEvent.")
-  if accountant == "rdp":
-    event_u, tv = _untruncate(event)
+  event_u, tv = _untruncate(event)
+  if accountant == "rdp" or tv <= TRUNCATION_COUPLING_MAX_TV_OVER_DELTA * delta:
     if tv > 0:
-      return _rdp_epsilon_with_truncation(event_u, tv, delta, rdp_orders)
+      return _epsilon_with_truncation(event_u, tv, delta, accountant,
+                                      value_discretization_interval,
+                                      rdp_orders)
     event = event_u
   return _raw_epsilon(event, delta, accountant, value_discretization_interval,
                       rdp_orders)
