@@ -119,8 +119,11 @@ def test_bad_dp_config_fails_before_training(tmp_path, override, match):
 
 
 def test_unreachable_epsilon_is_refused(tmp_path):
-  cfg = _config(True, **{"dp.target_epsilon": 1e-12})
-  with pytest.raises(ValueError, match="epsilon"):
+  # q = 1 (batch = all 600 smoke examples) and 12 steps: even sigma = 500
+  # spends more than 1e-3 at delta 1e-6.
+  cfg = _config(True, **{"dp.target_epsilon": 1e-3, "batch_size": 600,
+                         "dp.delta": 1e-6})
+  with pytest.raises(ValueError, match="unreachable"):
     classification.run(cfg, str(tmp_path / "run"))
 
 

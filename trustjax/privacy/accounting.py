@@ -315,14 +315,15 @@ def _epsilon_with_truncation(event, tv, delta, accountant, vdi,
   """
   def eps_at(d):
     if d <= 0:
-      raise ValueError(
-          f"Truncation probability over the run (tv={tv:.3g}) is too large "
-          f"for delta={delta!r} with the RDP accountant; use accountant='pld' "
-          "(exact for truncated sampling) or a larger max_batch_size.")
+      # (1 + e^eps) tv already exceeds delta: this bound proves nothing at
+      # such an epsilon; infinity is the honest (conservative) answer.
+      return math.inf
     return _raw_epsilon(event, d, accountant, vdi, rdp_orders)
 
   eps = eps_at(delta - 2.0 * tv)
   for _ in range(100):
+    if math.isinf(eps):
+      return math.inf
     candidate = eps * (1 + 1e-9) + 1e-12
     needed = eps_at(delta - (1.0 + math.exp(min(candidate, 700.0))) * tv)
     if needed <= candidate:
@@ -359,10 +360,15 @@ def epsilon_from_event(event: dpe.DpEvent,
   event_u, tv = _untruncate(event)
   if accountant == "rdp" or tv <= TRUNCATION_COUPLING_MAX_TV_OVER_DELTA * delta:
     if tv > 0:
-      return _epsilon_with_truncation(event_u, tv, delta, accountant,
-                                      value_discretization_interval,
-                                      rdp_orders)
-    event = event_u
+      eps = _epsilon_with_truncation(event_u, tv, delta, accountant,
+                                     value_discretization_interval,
+                                     rdp_orders)
+      # At large epsilon (1 + e^eps) tv exceeds delta and the bound gives
+      # inf; PLD can still account the truncated event exactly.
+      if not (math.isinf(eps) and accountant == "pld"):
+        return eps
+    else:
+      event = event_u
   return _raw_epsilon(event, delta, accountant, value_discretization_interval,
                       rdp_orders)
 
