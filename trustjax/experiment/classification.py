@@ -584,5 +584,5 @@ def format_summary(summary: dict) -> str:
   """Human-readable final report, one `key: value` per line."""
   lines = []
   for k, v in summary.items():
-    lines.append(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    lines.append(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
   return "\n".join(lines)

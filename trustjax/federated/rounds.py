@@ -147,7 +147,10 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
   new_states = client_states
   for s_b, members in sorted(buckets.items()):
     m = len(members)
-    m_pad = -(-m // ndev) * ndev
+    # Client counts are padded to a power of two (and a multiple of the
+    # device count) so that shapes, and thus compilations, repeat across
+    # rounds; padded clients have no data and weight 0.
+    m_pad = -(-_bucket(m) // ndev) * ndev
     idx = np.zeros((m_pad, s_b, batch_size), np.int64)
     row_mask = np.zeros((m_pad, s_b, batch_size), bool)
     ids = np.zeros(m_pad, np.int64)
