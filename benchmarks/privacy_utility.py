@@ -13,7 +13,6 @@ validation split is not itself accounted). Prints one JSON line and writes
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -22,16 +21,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trustjax.experiment import classification  # noqa: E402
+from trustjax.experiment import load_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name, variant=None):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(REPO, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(variant)
+  return load_config(os.path.join(REPO, "configs", f"{name}.py"), variant)
 
 
 def main():

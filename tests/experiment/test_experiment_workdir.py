@@ -102,3 +102,22 @@ def test_corrupt_config_json_is_refused(tmp_path):
   (wd / "config.json").write_text("{not json")
   with pytest.raises(ValueError, match="not valid JSON.*--overwrite"):
     prepare_workdir(wd, _config())
+
+
+def test_load_config_variant_and_overrides(tmp_path):
+  from trustjax.experiment import load_config
+  path = tmp_path / "cfg.py"
+  path.write_text(
+      "from ml_collections import config_dict\n"
+      "def get_config(arg=None):\n"
+      "  c = config_dict.ConfigDict()\n"
+      "  c.a = 1 if arg is None else 2\n"
+      "  c.sub = config_dict.ConfigDict({'b': 3})\n"
+      "  return c\n")
+  assert load_config(path).a == 1
+  c = load_config(path, "x", {"sub.b": 7})
+  assert (c.a, c.sub.b) == (2, 7)
+  with pytest.raises(KeyError, match="sub.nope"):
+    load_config(path, None, {"sub.nope": 1})
+  with pytest.raises(FileNotFoundError):
+    load_config(tmp_path / "missing.py")

@@ -1,22 +1,18 @@
 """The federated simulation job: smoke runs, exact resume, bad config."""
 
-import importlib.util
 import os
 
 import pytest
 
 from trustjax.experiment import federated_job
+from trustjax.experiment import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
 def _config(variant="smoke", **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "fl_clinc150", os.path.join(REPO, "configs", "fl_clinc150.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config(variant)
+  cfg = load_config(os.path.join(REPO, "configs", "fl_clinc150.py"), variant)
   if variant == "dp":
     from trustjax.experiment.classification import apply_smoke
     apply_smoke(cfg)

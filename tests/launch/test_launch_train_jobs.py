@@ -9,26 +9,16 @@ import numpy as np
 import pytest
 
 from trustjax.experiment import classification
+from trustjax.experiment import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
 def _config(dp: bool, variant: str = "smoke", **overrides):
-  path = "dp_clinc150" if dp else "clinc150"
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      path, os.path.join(REPO, "configs", f"{path}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config(variant)
-  for k, v in overrides.items():
-    node = config
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return config
+  name = "dp_clinc150" if dp else "clinc150"
+  return load_config(os.path.join(REPO, "configs", f"{name}.py"), variant,
+                     overrides)
 
 
 def _read_lines(workdir):

@@ -21,4 +21,5 @@ from trustjax.experiment.progress import Progress
 from trustjax.experiment.workdir import config_diff
 from trustjax.experiment.workdir import config_hash
 from trustjax.experiment.workdir import config_to_dict
+from trustjax.experiment.workdir import load_config
 from trustjax.experiment.workdir import prepare_workdir

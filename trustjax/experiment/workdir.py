@@ -177,3 +177,31 @@ def prepare_workdir(workdir: str | os.PathLike, config: Any, *,
   tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
   os.replace(tmp, cfg_file)  # atomic: a kill never leaves half a config
   return path
+
+
+def load_config(path: str | os.PathLike, variant: str | None = None,
+                overrides: Mapping[str, Any] | None = None):
+  """`get_config(variant)` of a config file, with dotted-key overrides.
+
+  What `--config=path:variant --config.a.b=v` does on the command line, for
+  tests, benchmarks and notebooks. An override of a key the config does not
+  have raises KeyError naming it.
+  """
+  import importlib.util
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  for key, value in (overrides or {}).items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"config {path} has no field {key!r}")
+    node[leaf] = value
+  return config
