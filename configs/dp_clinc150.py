@@ -12,6 +12,10 @@ used, before training; set `dp.noise_multiplier` instead to report epsilon.
 The tokenizer is the public GPT-2 BPE (hashed into `data.vocab_size` buckets,
 a data-independent map), so the vocabulary costs no privacy.
 
+Adaptive clipping (Andrew et al. 2021; C follows the median per-example norm,
+the count's noise is taken out of the same budget):
+`--config.dp.adaptive_clip=True`.
+
 Variants: `:smoke` (seconds; for tests), `:demo` (what `make demo` runs),
 `:transformer`.
 """

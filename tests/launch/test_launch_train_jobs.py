@@ -159,3 +159,33 @@ def test_real_clinc150_nonprivate_reaches_90_percent(tmp_path, real_data_dir):
   assert "clinc150" in summary["data"].lower()
   assert summary["num_train_examples"] == 15100
   assert summary["test_in_scope_accuracy"] >= 0.90, summary
+
+
+def test_adaptive_clipping_job_accounts_the_count_and_resumes(tmp_path):
+  """Adaptive clipping: C moves, the noise is split so gradient sum + count
+  are one Gaussian of the calibrated sigma, and resume stays exact."""
+  import math
+  from trustjax import privacy as tjp
+  over = {"dp.adaptive_clip": True, "dp.l2_clip": 10.0, "dp.clip_lr": 0.5}
+  full = classification.run(_config(True, **over), str(tmp_path / "full"))
+  classification.run(_config(True, **over), str(tmp_path / "part"),
+                     stop_after=7)
+  part = classification.run(_config(True, **over), str(tmp_path / "part"))
+  assert _read_lines(tmp_path / "full") == _read_lines(tmp_path / "part")
+  assert full == {**full, **{k: part[k] for k in ("final_l2_clip",
+                                                  "epsilon")}}
+  assert full["final_l2_clip"] < 10.0  # norms are far below C = 10
+  sigma, sigma_g = full["noise_multiplier"], full["gradient_noise_multiplier"]
+  sigma_b = 32 / 20.0
+  assert sigma_g > sigma
+  assert math.isclose((sigma_g ** -2 + (2 * sigma_b) ** -2) ** -0.5, sigma,
+                      rel_tol=1e-9)
+  assert full["epsilon"] <= 8.0 + 1e-9
+  # Epsilon is that of Poisson-sampled Gaussian(sigma) over the run (plus
+  # the negligible truncation term of the fixed-shape sampler).
+  eps = tjp.epsilon(sigma, full["sampling_rate"], full["steps"],
+                    full["delta"], accountant="rdp")
+  assert eps <= full["epsilon"] <= eps * 1.001
+  rows = [json.loads(l) for l in _read_lines(tmp_path / "full")]
+  clips = [r["l2_clip"] for r in rows if "l2_clip" in r]
+  assert clips[0] > clips[-1]

@@ -84,6 +84,13 @@ def base_config() -> ConfigDict:
       max_batch_size=0,         # 0 -> sampler default (negligible truncation)
       nan_policy="raise",
       allow_private_vocab=False,
+      # Adaptive clipping (Andrew et al. 2021): C tracks the target quantile
+      # of per-example norms; the noisy count shares the step's sample and
+      # the budget (sigma is split so the pair is one Gaussian of sigma).
+      adaptive_clip=False,
+      target_quantile=0.5,
+      clip_lr=0.2,
+      clip_count_stddev=config_dict.placeholder(float),  # None: q*n / 20
   ))
   return c
 
@@ -329,9 +336,10 @@ class Privacy:
     from trustjax.privacy import epsilon_from_event
     if steps == 0:
       return 0.0
-    return float(epsilon_from_event(self.sampler.dp_event(
-        self.mechanism.noise_multiplier, steps), self.delta,
-        accountant=self.accountant))
+    # The mechanism's event: the sampler's (truncation included) at the
+    # effective noise multiplier of gradient sum + any adaptive-clip count.
+    return float(epsilon_from_event(self.mechanism.dp_event(steps),
+                                    self.delta, accountant=self.accountant))
 
 
 def resolve_privacy(config: ConfigDict, num_examples: int,
@@ -360,7 +368,13 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
     sigma = tjp.calibrate_event(lambda s: sampler.dp_event(s, steps),
                                 dp.target_epsilon, delta,
                                 accountant=dp.accountant)
-  mech = tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip, sigma)
+  if dp.adaptive_clip:
+    sigma_b = dp.clip_count_stddev or config.batch_size / 20.0
+    mech = tjp.GaussianMechanism.from_sampler(
+        sampler, dp.l2_clip, tjp.gradient_noise_multiplier(sigma, sigma_b),
+        aux_noise_multipliers=(tjp.count_noise_multiplier(sigma_b),))
+  else:
+    mech = tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip, sigma)
   priv = Privacy(mechanism=mech, sampler=sampler, delta=delta, steps=steps,
                  accountant=dp.accountant)
   if dp.target_epsilon is not None:
@@ -394,48 +408,75 @@ def _build(config: ConfigDict, data: EncodedData):
 
 
 def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
-  """One jitted update: (params, opt_state, batch, row_mask, key) -> ..."""
+  """One jitted update: (state, batch, row_mask, key) -> (state, metrics).
+
+  `state` holds "params" and "opt_state" (which carries the DP noise key),
+  plus "l2_clip" with adaptive clipping.
+  """
   import jax
   import jax.numpy as jnp
   import optax
 
   if privacy is None:
-    def step(params, opt_state, batch, row_mask, key):
+    def step(state, batch, row_mask, key):
+      params, opt_state = state["params"], state["opt_state"]
+
       def mean_loss(p):
         per_ex, _ = loss_fn(p, batch, key)
         w = row_mask.astype(per_ex.dtype)
         return jnp.dot(per_ex, w) / jnp.maximum(w.sum(), 1.0)
       loss, grads = jax.value_and_grad(mean_loss)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, {"loss": loss}
-    return jax.jit(step, donate_argnums=(0, 1))
+      return {"params": optax.apply_updates(params, updates),
+              "opt_state": opt_state}, {"loss": loss}
+    return jax.jit(step, donate_argnums=(0,))
 
   from trustjax.privacy import clipped_grad
+  from trustjax.privacy import quantile_clip_update
   dp = config.dp
+  ebs = privacy.mechanism.expected_batch_size
 
   def loss_with_value(params, batch, rng):
     # Keep only the per-example loss as aux: logits would cost memory.
     per_ex, _ = loss_fn(params, batch, rng)
     return per_ex, {"loss": per_ex}
 
-  grad_fn = clipped_grad(loss_with_value, dp.l2_clip, method=dp.method,
-                         microbatch_size=dp.microbatch_size or None,
-                         nan_policy=dp.nan_policy)
+  def grad_fn(clip):
+    # With adaptive clipping C is traced, which the ghost path cannot take:
+    # per-example gradients then come from vmap.
+    method = "vmap" if dp.adaptive_clip and dp.method != "vmap" else dp.method
+    return clipped_grad(loss_with_value, clip, method=method,
+                        microbatch_size=dp.microbatch_size or None,
+                        nan_policy=dp.nan_policy)
 
-  def dp_step(params, opt_state, batch, row_mask, key):
-    grad_sum, stats = grad_fn(params, batch, row_mask, key)
-    updates, opt_state = tx.update(grad_sum, opt_state, params)
+  def dp_step(state, batch, row_mask, key):
+    params, opt_state = state["params"], state["opt_state"]
+    clip = state["l2_clip"] if dp.adaptive_clip else dp.l2_clip
+    k_grad, k_count = jax.random.split(key)
+    grad_sum, stats = grad_fn(clip)(params, batch, row_mask, k_grad)
+    extra = {"l2_clip": clip} if dp.adaptive_clip else {}
+    updates, opt_state = tx.update(grad_sum, opt_state, params, **extra)
     per_ex = stats.aux["loss"]
+    n_real = jnp.maximum(stats.num_real, 1)
     metrics = {"frac_clipped": stats.frac_clipped,
                "batch_size": stats.num_real,
                "num_nonfinite": stats.num_nonfinite,
-               "mean_grad_norm": jnp.sum(
-                   stats.per_example_norms * row_mask) /
-               jnp.maximum(stats.num_real, 1)}
-    metrics["loss"] = jnp.dot(per_ex, row_mask.astype(per_ex.dtype)) / \
-        jnp.maximum(stats.num_real, 1)
-    return optax.apply_updates(params, updates), opt_state, metrics
-  return jax.jit(dp_step, donate_argnums=(0, 1))
+               "mean_grad_norm": jnp.dot(stats.per_example_norms,
+                                         row_mask.astype(jnp.float32))
+               / n_real,
+               "loss": jnp.dot(per_ex, row_mask.astype(per_ex.dtype))
+               / n_real}
+    new = {"params": optax.apply_updates(params, updates),
+           "opt_state": opt_state}
+    if dp.adaptive_clip:
+      new["l2_clip"], _ = quantile_clip_update(
+          clip, stats.per_example_norms, row_mask, k_count,
+          target_quantile=dp.target_quantile, learning_rate=dp.clip_lr,
+          clip_count_stddev=dp.clip_count_stddev or ebs / 20.0,
+          expected_batch_size=ebs)
+      metrics["l2_clip"] = clip
+    return new, metrics
+  return jax.jit(dp_step, donate_argnums=(0,))
 
 
 def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
@@ -463,12 +504,15 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
   opt = _optimizer(config)
   if privacy is not None:
     m = privacy.mechanism
-    tx = dpsgd(opt, m.l2_clip, m.noise_multiplier, m.expected_batch_size,
-               config.seed)
+    # Adaptive clipping passes C_t at each update (l2_clip=None here).
+    tx = dpsgd(opt, None if config.dp.adaptive_clip else m.l2_clip,
+               m.noise_multiplier, m.expected_batch_size, config.seed)
   else:
     tx = opt
-  opt_state = tx.init(params)
-  state = {"params": params, "opt_state": opt_state}
+  state = {"params": params, "opt_state": tx.init(params)}
+  if privacy is not None and config.dp.adaptive_clip:
+    import jax.numpy as jnp
+    state["l2_clip"] = jnp.asarray(config.dp.l2_clip, jnp.float32)
 
   ckpt = tjx.Checkpointer(workdir, every_steps=config.checkpoint_every)
   restored = ckpt.restore_latest(state)
@@ -487,7 +531,6 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
   base_key = jax.random.key(config.seed)
   progress = tjx.Progress(steps, initial_step=start,
                           desc="dp-train" if privacy else "train")
-  params, opt_state = state["params"], state["opt_state"]
   end = steps if stop_after is None else min(steps, start + stop_after)
   t0 = time.perf_counter()
   for step in range(start, end):
@@ -496,9 +539,8 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
     else:
       idx, row_mask = _epoch_batch(n, config.batch_size, config.seed, step)
     batch = _gather(train, idx, row_mask)
-    params, opt_state, metrics = step_fn(
-        params, opt_state, batch, row_mask,
-        jax.random.fold_in(base_key, step))
+    state, metrics = step_fn(state, batch, row_mask,
+                             jax.random.fold_in(base_key, step))
     done = step + 1
     if done % config.log_every == 0 or done == steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -510,7 +552,7 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
               "dp.nan_policy=drop (such rows then contribute zero)")
         metrics["epsilon"] = privacy.epsilon(done)
       if config.eval_every and done % config.eval_every == 0:
-        val = evaluate(predict, params, data.arrays["val"],
+        val = evaluate(predict, state["params"], data.arrays["val"],
                        config.eval_batch_size, data.oos_label)
         metrics.update({f"val_{k}": v for k, v in val.items()})
       writer.write(done, metrics)
@@ -520,8 +562,7 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
     if privacy is not None:
       extra.update(noise_multiplier=privacy.mechanism.noise_multiplier,
                    sampler=privacy.sampler.state_dict(), steps_accounted=done)
-    ckpt.maybe_save(done, {"params": params, "opt_state": opt_state}, extra,
-                    force=(done == end))
+    ckpt.maybe_save(done, state, extra, force=(done == end))
   progress.close()
   train_time = time.perf_counter() - t0
   if end < steps:
@@ -534,17 +575,23 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
              "num_train_examples": n}
   for split in ("train", "val", "test"):
     if len(data.arrays[split]["label"]):
-      res = evaluate(predict, params, data.arrays[split],
+      res = evaluate(predict, state["params"], data.arrays[split],
                      config.eval_batch_size, data.oos_label)
       summary.update({f"{split}_{k}": v for k, v in res.items()})
   if privacy is not None:
     m = privacy.mechanism
     summary.update(epsilon=privacy.epsilon(steps), delta=privacy.delta,
-                   noise_multiplier=m.noise_multiplier, l2_clip=m.l2_clip,
+                   noise_multiplier=m.effective_noise_multiplier,
+                   l2_clip=m.l2_clip,
                    sampling_rate=m.sampling_rate,
                    expected_batch_size=m.expected_batch_size,
                    accountant=privacy.accountant,
                    sampling="Poisson (accounted as sampled)")
+    if config.dp.adaptive_clip:
+      summary.update(gradient_noise_multiplier=m.noise_multiplier,
+                     initial_l2_clip=m.l2_clip,
+                     final_l2_clip=float(state["l2_clip"]),
+                     clip_target_quantile=config.dp.target_quantile)
     if config.data.tokenizer == "word":
       summary["privacy_note"] = (
           "epsilon does NOT cover the word vocabulary, which was built from "
