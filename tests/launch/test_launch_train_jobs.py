@@ -189,3 +189,26 @@ def test_adaptive_clipping_job_accounts_the_count_and_resumes(tmp_path):
   rows = [json.loads(l) for l in _read_lines(tmp_path / "full")]
   clips = [r["l2_clip"] for r in rows if "l2_clip" in r]
   assert clips[0] > clips[-1]
+
+
+def test_dp_job_on_eight_devices_equals_one(tmp_path):
+  """Data-parallel DP training (batch sharded over 8 simulated devices,
+  clipped sums psummed, noise drawn once) gives the run of one device."""
+  import jax
+  assert jax.device_count() >= 8
+  # The same fixed batch shape (divisible by 8) in both runs.
+  over = {"dp.max_batch_size": 80}
+  one = classification.run(_config(True, **over), str(tmp_path / "one"))
+  eight = classification.run(_config(True, **over, **{"dp.num_devices": 8}),
+                             str(tmp_path / "eight"))
+  rows1 = [json.loads(l) for l in _read_lines(tmp_path / "one")]
+  rows8 = [json.loads(l) for l in _read_lines(tmp_path / "eight")]
+  assert len(rows1) == len(rows8)
+  for a, b in zip(rows1, rows8):
+    for k, v in a.items():
+      if isinstance(v, float):
+        assert b[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+  assert one["epsilon"] == eight["epsilon"]
+  with pytest.raises(ValueError, match="num_devices"):
+    classification.run(_config(True, **{"dp.num_devices": 64}),
+                       str(tmp_path / "bad"))

@@ -91,6 +91,9 @@ def base_config() -> ConfigDict:
       target_quantile=0.5,
       clip_lr=0.2,
       clip_count_stddev=config_dict.placeholder(float),  # None: q*n / 20
+      # > 1: shard each batch over this many devices (`make_dp_grad_fn`):
+      # every device clips its rows, sums are psummed, noise is added once.
+      num_devices=1,
   ))
   return c
 
@@ -342,6 +345,11 @@ class Privacy:
                                     self.delta, accountant=self.accountant))
 
 
+def _device_count() -> int:
+  import jax
+  return jax.device_count()
+
+
 def resolve_privacy(config: ConfigDict, num_examples: int,
                     steps: int) -> Privacy:
   """Calibrates sigma (or takes it), builds sampler + mechanism; validates."""
@@ -359,9 +367,17 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
                      f"for n={n} training examples")
   # The sampler's own event (truncation at max_batch_size included) is what
   # sigma is calibrated for and what epsilon is reported from.
-  sampler = tjp.PoissonSampler(
-      n, q, max_batch_size=dp.max_batch_size or None, seed=config.seed,
-      steps=steps)
+  max_batch = dp.max_batch_size or None
+  if dp.num_devices > 1:
+    if dp.num_devices > _device_count():
+      raise ValueError(f"config.dp.num_devices={dp.num_devices} but only "
+                       f"{_device_count()} devices are visible")
+    # The fixed batch shape must split evenly over the devices.
+    b = max_batch or tjp.default_max_batch_size(n, q, 1e-9 / steps)
+    max_batch = min(-(-b // dp.num_devices) * dp.num_devices,
+                    -(-(n + 1) // dp.num_devices) * dp.num_devices)
+  sampler = tjp.PoissonSampler(n, q, max_batch_size=max_batch,
+                               seed=config.seed, steps=steps)
   if dp.noise_multiplier is not None:
     sigma = float(dp.noise_multiplier)
   else:
@@ -441,13 +457,22 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
     per_ex, _ = loss_fn(params, batch, rng)
     return per_ex, {"loss": per_ex}
 
+  mesh = None
+  if dp.num_devices > 1:
+    from trustjax.privacy import make_dp_grad_fn
+    mesh = jax.make_mesh((dp.num_devices,), ("data",),
+                         devices=jax.devices()[:dp.num_devices])
+
   def grad_fn(clip):
-    # With adaptive clipping C is traced, which the ghost path cannot take:
-    # per-example gradients then come from vmap.
-    method = "vmap" if dp.adaptive_clip and dp.method != "vmap" else dp.method
-    return clipped_grad(loss_with_value, clip, method=method,
-                        microbatch_size=dp.microbatch_size or None,
-                        nan_policy=dp.nan_policy)
+    # With adaptive clipping C is traced, and ghost clipping does not yet run
+    # inside shard_map: per-example gradients then come from vmap.
+    method = dp.method
+    if (dp.adaptive_clip or mesh is not None) and method != "vmap":
+      method = "vmap"
+    fn = clipped_grad(loss_with_value, clip, method=method,
+                      microbatch_size=dp.microbatch_size or None,
+                      nan_policy=dp.nan_policy)
+    return fn if mesh is None else make_dp_grad_fn(fn, mesh, axis="data")
 
   def dp_step(state, batch, row_mask, key):
     params, opt_state = state["params"], state["opt_state"]
