@@ -212,3 +212,32 @@ def test_dp_job_on_eight_devices_equals_one(tmp_path):
   with pytest.raises(ValueError, match="num_devices"):
     classification.run(_config(True, **{"dp.num_devices": 64}),
                        str(tmp_path / "bad"))
+
+
+def test_noise_decay_is_accounted_as_the_composed_schedule(tmp_path):
+  """eDP-SGD noise decay: sigma_e = sigma_0 decay^e per epoch; epsilon is
+  that of the composed per-epoch events, computed here independently with
+  dp_accounting."""
+  import dp_accounting
+  from trustjax.privacy import accounting
+  cfg = _config(True, **{"dp.noise_decay": 0.7, "batch_size": 200})
+  s = classification.run(cfg, str(tmp_path / "run"))
+  # n = 600, batch 200: epochs of 3 steps; 12 steps = 4 epochs.
+  q, s0 = s["sampling_rate"], s["noise_multiplier"]
+  assert s["final_noise_multiplier"] == pytest.approx(s0 * 0.7 ** 3)
+  events = [dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(
+          q, dp_accounting.GaussianDpEvent(s0 * 0.7 ** e)), 3)
+            for e in range(4)]
+  ref = accounting.epsilon_from_event(
+      dp_accounting.ComposedDpEvent(events), s["delta"], accountant="rdp")
+  assert ref <= s["epsilon"] <= ref * 1.001
+  assert s["epsilon"] <= 8.0 + 1e-9
+  # The noise transform reads the same schedule as the accountant.
+  priv = classification.resolve_privacy(cfg, 600, 12)
+  sched = priv.noise_schedule()
+  for count, e in ((0, 0), (2, 0), (3, 1), (11, 3)):
+    assert float(sched(np.int32(count))) == pytest.approx(s0 * 0.7 ** e)
+  with pytest.raises(ValueError, match="noise_decay"):
+    classification.run(_config(True, **{"dp.noise_decay": 1.5}),
+                       str(tmp_path / "bad"))

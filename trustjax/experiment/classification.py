@@ -94,6 +94,11 @@ def base_config() -> ConfigDict:
       # > 1: shard each batch over this many devices (`make_dp_grad_fn`):
       # every device clips its rows, sums are psummed, noise is added once.
       num_devices=1,
+      # Per-epoch noise decay (eDP-SGD recipe): sigma_e = sigma_0 * decay^e,
+      # an epoch being ceil(n / batch_size) steps; 1.0 = constant noise. The
+      # accountant composes exactly this schedule; with a target epsilon,
+      # sigma_0 is calibrated for it.
+      noise_decay=1.0,
   ))
   return c
 
@@ -163,6 +168,11 @@ def validate_config(config: ConfigDict) -> None:
           "must be > 0 (sigma = 0 gives no privacy)")
     if dp.target_epsilon is not None and dp.target_epsilon <= 0:
       bad("dp.target_epsilon", dp.target_epsilon, "must be > 0")
+    if not 0 < dp.noise_decay <= 1.0:
+      bad("dp.noise_decay", dp.noise_decay, "must be in (0, 1]")
+    if dp.noise_decay != 1.0 and dp.adaptive_clip:
+      bad("dp.noise_decay", dp.noise_decay,
+          "noise decay with adaptive clipping is not supported yet; use one")
     if dp.accountant not in ("pld", "rdp"):
       bad("dp.accountant", dp.accountant, "valid: pld, rdp")
     if dp.microbatch_size < 0 or dp.max_batch_size < 0:
@@ -328,21 +338,51 @@ def evaluate(model_apply, params, arrays, batch_size, oos_label):
 
 @dataclasses.dataclass
 class Privacy:
-  """Resolved DP settings of a run: what the accountant and the noise share."""
+  """Resolved DP settings of a run: what the accountant and the noise share.
+
+  `mechanism` holds C, the expected batch size and sigma_0; with noise decay
+  (`decay < 1`) step t uses sigma_0 * decay^(t // steps_per_epoch), both in
+  the noise transform (`noise_schedule`) and in the accounted event.
+  """
   mechanism: Any
   sampler: Any
   delta: float
   steps: int
   accountant: str
+  decay: float = 1.0
+  steps_per_epoch: int = 1
+
+  def event(self, steps: int, sigma0: float | None = None):
+    """The DpEvent of the first `steps` steps."""
+    from trustjax.privacy import schedule_event
+    m = self.mechanism
+    if self.decay == 1.0 and sigma0 is None:
+      # Sampler's event (truncation included) at the effective noise
+      # multiplier of gradient sum + any adaptive-clip count.
+      return m.dp_event(steps)
+    s0 = m.noise_multiplier if sigma0 is None else sigma0
+    segments, done, e = [], 0, 0
+    while done < steps:
+      k = min(self.steps_per_epoch, steps - done)
+      segments.append((s0 * self.decay ** e, m.sampling_rate, k))
+      done, e = done + k, e + 1
+    return schedule_event(segments, num_examples=self.sampler.num_examples,
+                          truncated_batch_size=self.sampler.max_batch_size)
+
+  def noise_schedule(self):
+    """sigma for the noise transform: a float, or `count -> sigma_t`."""
+    s0, decay, spe = (self.mechanism.noise_multiplier, self.decay,
+                      self.steps_per_epoch)
+    if decay == 1.0:
+      return s0
+    return lambda count: s0 * decay ** (count // spe)
 
   def epsilon(self, steps: int) -> float:
     from trustjax.privacy import epsilon_from_event
     if steps == 0:
       return 0.0
-    # The mechanism's event: the sampler's (truncation included) at the
-    # effective noise multiplier of gradient sum + any adaptive-clip count.
-    return float(epsilon_from_event(self.mechanism.dp_event(steps),
-                                    self.delta, accountant=self.accountant))
+    return float(epsilon_from_event(self.event(steps), self.delta,
+                                    accountant=self.accountant))
 
 
 def _device_count() -> int:
@@ -378,10 +418,18 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
                     -(-(n + 1) // dp.num_devices) * dp.num_devices)
   sampler = tjp.PoissonSampler(n, q, max_batch_size=max_batch,
                                seed=config.seed, steps=steps)
+  spe = max(1, math.ceil(n / config.batch_size))
   if dp.noise_multiplier is not None:
     sigma = float(dp.noise_multiplier)
-  else:
+  elif dp.noise_decay == 1.0:
     sigma = tjp.calibrate_event(lambda s: sampler.dp_event(s, steps),
+                                dp.target_epsilon, delta,
+                                accountant=dp.accountant)
+  else:
+    probe = Privacy(tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip,
+                                                       1.0),
+                    sampler, delta, steps, dp.accountant, dp.noise_decay, spe)
+    sigma = tjp.calibrate_event(lambda s: probe.event(steps, sigma0=s),
                                 dp.target_epsilon, delta,
                                 accountant=dp.accountant)
   if dp.adaptive_clip:
@@ -392,7 +440,8 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
   else:
     mech = tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip, sigma)
   priv = Privacy(mechanism=mech, sampler=sampler, delta=delta, steps=steps,
-                 accountant=dp.accountant)
+                 accountant=dp.accountant, decay=dp.noise_decay,
+                 steps_per_epoch=spe)
   if dp.target_epsilon is not None:
     eps = priv.epsilon(steps)
     if eps > dp.target_epsilon * (1 + 1e-9):
@@ -531,7 +580,7 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
     m = privacy.mechanism
     # Adaptive clipping passes C_t at each update (l2_clip=None here).
     tx = dpsgd(opt, None if config.dp.adaptive_clip else m.l2_clip,
-               m.noise_multiplier, m.expected_batch_size, config.seed)
+               privacy.noise_schedule(), m.expected_batch_size, config.seed)
   else:
     tx = opt
   state = {"params": params, "opt_state": tx.init(params)}
@@ -612,6 +661,11 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
                    expected_batch_size=m.expected_batch_size,
                    accountant=privacy.accountant,
                    sampling="Poisson (accounted as sampled)")
+    if config.dp.noise_decay != 1.0:
+      summary.update(noise_decay=config.dp.noise_decay,
+                     final_noise_multiplier=m.noise_multiplier *
+                     config.dp.noise_decay ** ((steps - 1) //
+                                               privacy.steps_per_epoch))
     if config.dp.adaptive_clip:
       summary.update(gradient_noise_multiplier=m.noise_multiplier,
                      initial_l2_clip=m.l2_clip,
