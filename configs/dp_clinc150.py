@@ -16,7 +16,9 @@ Adaptive clipping (Andrew et al. 2021; C follows the median per-example norm,
 the count's noise is taken out of the same budget):
 `--config.dp.adaptive_clip=True`. Per-epoch noise decay (eDP-SGD):
 `--config.dp.noise_decay=0.9` (sigma_0 calibrated for the composed schedule).
-Data-parallel over devices: `--config.dp.num_devices=8`.
+Data-parallel over devices: `--config.dp.num_devices=8`. Layer-wise clipping
+with private per-layer quantile thresholds (eDP-SGD): `--config.dp.per_layer=True`
+(set `--config.dp.microbatch_size` to bound per-example gradient memory).
 
 Variants: `:smoke` (seconds; for tests), `:demo` (what `make demo` runs),
 `:transformer`.

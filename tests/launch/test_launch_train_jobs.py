@@ -241,3 +241,33 @@ def test_noise_decay_is_accounted_as_the_composed_schedule(tmp_path):
   with pytest.raises(ValueError, match="noise_decay"):
     classification.run(_config(True, **{"dp.noise_decay": 1.5}),
                        str(tmp_path / "bad"))
+
+
+def test_per_layer_private_thresholds_are_accounted(tmp_path):
+  """eDP-SGD layer-wise clipping: thresholds from a private quantile of each
+  layer's norms, the query composed into epsilon, exact resume."""
+  import dp_accounting
+  from trustjax.privacy import accounting
+  over = {"dp.per_layer": True}
+  full = classification.run(_config(True, **over), str(tmp_path / "full"))
+  classification.run(_config(True, **over), str(tmp_path / "part"),
+                     stop_after=7)
+  part = classification.run(_config(True, **over), str(tmp_path / "part"))
+  assert _read_lines(tmp_path / "full") == _read_lines(tmp_path / "part")
+  assert full["per_layer_clips"] == 5  # embed, hidden (w, b), head (w, b)
+  assert full["per_layer_clip_min"] < full["per_layer_clip_max"]
+  assert full["l2_clip"] == pytest.approx(part["l2_clip"])
+  # epsilon = setup query (sensitivity sqrt(5), std 32/10) + training.
+  q, sigma = full["sampling_rate"], full["noise_multiplier"]
+  setup = dp_accounting.PoissonSampledDpEvent(
+      q, dp_accounting.GaussianDpEvent(3.2 / np.sqrt(5)))
+  train = dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(
+          q, dp_accounting.GaussianDpEvent(sigma)), full["steps"])
+  ref = accounting.epsilon_from_event(
+      dp_accounting.ComposedDpEvent([setup, train]), full["delta"],
+      accountant="rdp")
+  assert ref <= full["epsilon"] <= ref * 1.001 <= 8.0 * 1.001
+  with pytest.raises(ValueError, match="exclusive"):
+    classification.run(_config(True, **over, **{"dp.adaptive_clip": True}),
+                       str(tmp_path / "bad"))

@@ -99,6 +99,13 @@ def base_config() -> ConfigDict:
       # accountant composes exactly this schedule; with a target epsilon,
       # sigma_0 is calibrated for it.
       noise_decay=1.0,
+      # Layer-wise clipping (eDP-SGD): one threshold per parameter array, set
+      # before training to a private `layer_quantile` of that layer's
+      # per-example norms (noisy histogram on one Poisson batch, its cost
+      # composed into the accounting; sigma calibrated for the remainder).
+      per_layer=False,
+      layer_quantile=0.5,
+      layer_quantile_noise=config_dict.placeholder(float),  # None: q*n / 10
   ))
   return c
 
@@ -170,6 +177,9 @@ def validate_config(config: ConfigDict) -> None:
       bad("dp.target_epsilon", dp.target_epsilon, "must be > 0")
     if not 0 < dp.noise_decay <= 1.0:
       bad("dp.noise_decay", dp.noise_decay, "must be in (0, 1]")
+    if dp.per_layer and dp.adaptive_clip:
+      bad("dp.per_layer", True, "per-layer and adaptive clipping are "
+          "exclusive: choose one way to set the clip norms")
     if dp.noise_decay != 1.0 and dp.adaptive_clip:
       bad("dp.noise_decay", dp.noise_decay,
           "noise decay with adaptive clipping is not supported yet; use one")
@@ -351,9 +361,18 @@ class Privacy:
   accountant: str
   decay: float = 1.0
   steps_per_epoch: int = 1
+  setup_event: Any = None   # e.g. the per-layer threshold query, run once
+  clip: Any = None          # what clipped_grad clips to (float or pytree)
 
   def event(self, steps: int, sigma0: float | None = None):
-    """The DpEvent of the first `steps` steps."""
+    """The DpEvent of the setup query (if any) and the first `steps` steps."""
+    train = self._train_event(steps, sigma0)
+    if self.setup_event is None:
+      return train
+    import dp_accounting
+    return dp_accounting.ComposedDpEvent([self.setup_event, train])
+
+  def _train_event(self, steps: int, sigma0: float | None):
     from trustjax.privacy import schedule_event
     m = self.mechanism
     if self.decay == 1.0 and sigma0 is None:
@@ -379,10 +398,48 @@ class Privacy:
 
   def epsilon(self, steps: int) -> float:
     from trustjax.privacy import epsilon_from_event
-    if steps == 0:
+    if steps == 0 and self.setup_event is None:
       return 0.0
     return float(epsilon_from_event(self.event(steps), self.delta,
                                     accountant=self.accountant))
+
+
+def layer_quantile_noise(config: ConfigDict) -> float:
+  """Noise std per histogram bin of the per-layer threshold query."""
+  return config.dp.layer_quantile_noise or config.batch_size / 10.0
+
+
+def private_layer_clips(config: ConfigDict, privacy: Privacy, params,
+                        loss_fn, train: dict) -> Any:
+  """eDP-SGD thresholds: a private quantile of each layer's norms.
+
+  Runs once, before training, on the Poisson batch of step index `steps`
+  (never a training step) with the initial params, so a resumed run
+  recomputes the same thresholds. Its privacy cost is `privacy.setup_event`.
+  Returns a pytree of floats shaped like params (one threshold per array).
+  """
+  import jax
+  from trustjax import privacy as tjp
+  dp = config.dp
+  template = tjp.uniform_per_layer_clip(params, 1e6)  # norms only: no clip
+  fn = jax.jit(tjp.clipped_grad(lambda p, b, r: (loss_fn(p, b, r)[0], {}),
+                                template, method="vmap"))
+  idx, mask = privacy.sampler.batch(privacy.steps)
+  chunk = 64
+  norms = []
+  for start in range(0, len(idx), chunk):
+    i = np.zeros(chunk, np.int64)
+    m = np.zeros(chunk, bool)
+    part = slice(start, min(start + chunk, len(idx)))
+    i[:part.stop - start], m[:part.stop - start] = idx[part], mask[part]
+    _, stats = fn(params, _gather(train, i, m), m, jax.random.key(0))
+    norms.append(np.asarray(stats.per_layer_norms)[:part.stop - start])
+  key = jax.random.fold_in(jax.random.key(config.seed), 2 ** 30)
+  thresholds, _ = tjp.private_layer_quantiles(
+      np.concatenate(norms), mask, dp.layer_quantile,
+      np.geomspace(1e-4, 1e2, 61), layer_quantile_noise(config), key)
+  return jax.tree.map(float, tjp.unflatten_clips(
+      template, [float(t) for t in np.asarray(thresholds)]))
 
 
 def _device_count() -> int:
@@ -391,7 +448,7 @@ def _device_count() -> int:
 
 
 def resolve_privacy(config: ConfigDict, num_examples: int,
-                    steps: int) -> Privacy:
+                    steps: int, num_layers: int = 1) -> Privacy:
   """Calibrates sigma (or takes it), builds sampler + mechanism; validates."""
   from trustjax import privacy as tjp
   dp = config.dp
@@ -419,16 +476,24 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
   sampler = tjp.PoissonSampler(n, q, max_batch_size=max_batch,
                                seed=config.seed, steps=steps)
   spe = max(1, math.ceil(n / config.batch_size))
+  setup = None
+  if dp.per_layer:
+    # One noisy [L, K] histogram on one Poisson batch of the same sampler:
+    # sensitivity sqrt(L), noise multiplier std / sqrt(L).
+    setup = tjp.dp_sgd_event(
+        layer_quantile_noise(config) / math.sqrt(num_layers), q, 1,
+        truncated_batch_size=sampler.max_batch_size, num_examples=n)
+  probe = Privacy(tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip,
+                                                     1.0),
+                  sampler, delta, steps, dp.accountant, dp.noise_decay, spe,
+                  setup_event=setup)
   if dp.noise_multiplier is not None:
     sigma = float(dp.noise_multiplier)
-  elif dp.noise_decay == 1.0:
+  elif dp.noise_decay == 1.0 and setup is None:
     sigma = tjp.calibrate_event(lambda s: sampler.dp_event(s, steps),
                                 dp.target_epsilon, delta,
                                 accountant=dp.accountant)
   else:
-    probe = Privacy(tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip,
-                                                       1.0),
-                    sampler, delta, steps, dp.accountant, dp.noise_decay, spe)
     sigma = tjp.calibrate_event(lambda s: probe.event(steps, sigma0=s),
                                 dp.target_epsilon, delta,
                                 accountant=dp.accountant)
@@ -441,7 +506,7 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
     mech = tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip, sigma)
   priv = Privacy(mechanism=mech, sampler=sampler, delta=delta, steps=steps,
                  accountant=dp.accountant, decay=dp.noise_decay,
-                 steps_per_epoch=spe)
+                 steps_per_epoch=spe, setup_event=setup)
   if dp.target_epsilon is not None:
     eps = priv.epsilon(steps)
     if eps > dp.target_epsilon * (1 + 1e-9):
@@ -516,7 +581,8 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
     # With adaptive clipping C is traced, and ghost clipping does not yet run
     # inside shard_map: per-example gradients then come from vmap.
     method = dp.method
-    if (dp.adaptive_clip or mesh is not None) and method != "vmap":
+    if (dp.adaptive_clip or dp.per_layer or mesh is not None) and \
+        method != "vmap":
       method = "vmap"
     fn = clipped_grad(loss_with_value, clip, method=method,
                       microbatch_size=dp.microbatch_size or None,
@@ -525,7 +591,7 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
 
   def dp_step(state, batch, row_mask, key):
     params, opt_state = state["params"], state["opt_state"]
-    clip = state["l2_clip"] if dp.adaptive_clip else dp.l2_clip
+    clip = state["l2_clip"] if dp.adaptive_clip else privacy.clip
     k_grad, k_count = jax.random.split(key)
     grad_sum, stats = grad_fn(clip)(params, batch, row_mask, k_grad)
     extra = {"l2_clip": clip} if dp.adaptive_clip else {}
@@ -572,14 +638,25 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
   if n == 0:
     raise ValueError("the training split is empty")
   steps = num_train_steps(config, n)
-  privacy = resolve_privacy(config, n, steps) if config.dp.enabled else None
-
   params, loss_fn, predict = _build(config, data)
+  privacy = None
+  if config.dp.enabled:
+    import jax
+    privacy = resolve_privacy(config, n, steps,
+                              num_layers=len(jax.tree.leaves(params)))
+    privacy.clip = config.dp.l2_clip
+    if config.dp.per_layer:
+      from trustjax.privacy import total_l2_sensitivity
+      privacy.clip = private_layer_clips(config, privacy, params, loss_fn,
+                                         train)
+      # The noise is calibrated to the total sensitivity sqrt(sum C_l^2).
+      privacy.mechanism = privacy.mechanism.replace(
+          l2_clip=float(total_l2_sensitivity(privacy.clip)))
   opt = _optimizer(config)
   if privacy is not None:
     m = privacy.mechanism
     # Adaptive clipping passes C_t at each update (l2_clip=None here).
-    tx = dpsgd(opt, None if config.dp.adaptive_clip else m.l2_clip,
+    tx = dpsgd(opt, None if config.dp.adaptive_clip else privacy.clip,
                privacy.noise_schedule(), m.expected_batch_size, config.seed)
   else:
     tx = opt
@@ -661,6 +738,12 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
                    expected_batch_size=m.expected_batch_size,
                    accountant=privacy.accountant,
                    sampling="Poisson (accounted as sampled)")
+    if config.dp.per_layer:
+      import jax
+      leaves = jax.tree.leaves(privacy.clip)
+      summary.update(per_layer_clips=len(leaves),
+                     per_layer_clip_min=min(leaves),
+                     per_layer_clip_max=max(leaves))
     if config.dp.noise_decay != 1.0:
       summary.update(noise_decay=config.dp.noise_decay,
                      final_noise_multiplier=m.noise_multiplier *
