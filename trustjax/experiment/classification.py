@@ -317,9 +317,11 @@ def _epoch_batch(n: int, batch_size: int, seed: int, step: int):
 
 
 def _gather(arrays, idx, mask):
-  batch = {k: v[idx] for k, v in arrays.items()}
-  for k, v in batch.items():
-    v[~mask] = 0
+  """Fixed-shape model batch (padding rows zeroed); the row mask travels
+  separately to the step, so it is dropped from the batch dict."""
+  from trustjax.data import gather_batch
+  batch = gather_batch(arrays, idx, mask)
+  del batch["example_mask"]
   return batch
 
 
