@@ -217,8 +217,9 @@ def _ghost_chunk(loss_with_aux, l2_clip, strategy, params, batch, mask, rng):
     return total, (outs, rec, side)
 
   if taps:
-    _, vjp_fn, (outs, rec, side) = jax.vjp(tapped, zs0, has_aux=True)
-    (gs,) = vjp_fn(jnp.ones((), jnp.float32))
+    total, vjp_fn, (outs, rec, side) = jax.vjp(tapped, zs0, has_aux=True)
+    # ones_like keeps the loss's type, device-varying under shard_map.
+    (gs,) = vjp_fn(jnp.ones_like(total))
   else:
     outs = jcore.jaxpr_as_fun(closed)(*flat_args)
     rec, gs, side = [], [], {}
