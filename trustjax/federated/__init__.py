@@ -22,3 +22,5 @@ from trustjax.federated.rounds import run_round
 from trustjax.federated.dp_fedavg import dp_fedavg
 from trustjax.federated.dp_fedavg import DPFedAvgConfig
 from trustjax.federated.dp_fedavg import poisson_cohort
+from trustjax.federated.continual import ContinualStore
+from trustjax.federated.continual import uniform_arrivals
