@@ -6,6 +6,8 @@ r"""Federated simulation on CLINC150: 1000 clients, heavy-tailed Dirichlet.
 
 Clients: log-normal(0, 1.5) sizes with Dirichlet(0.5) label mixes; 100 clients
 held out for evaluation (distribution of per-client accuracy in the summary).
+Continual setting (arrivals over 50 rounds, 20 examples kept per client, FIFO
+deletion): `--config.fl.continual_rounds=50 --config.fl.cap=20 --config.fl.policy=fifo`.
 Variants: `:smoke` (seconds), `:dp` (DP-FedAvg), `:scaffold`, `:fedopt`.
 """
 

@@ -41,6 +41,9 @@ def test_resume_is_exact(tmp_path, algorithm):
   part = federated_job.run(cfg, str(tmp_path / "part"))
   assert _lines(tmp_path / "full") == _lines(tmp_path / "part")
   assert full["test_accuracy"] == part["test_accuracy"]
+  import json
+  held = [json.loads(l)["held_examples"] for l in _lines(tmp_path / "full")]
+  assert max(held) <= 5 * 32  # cap x training clients
   assert full["heldout_clients_evaluated"] > 0
   assert os.path.exists(tmp_path / "full" / "partition.png")
 
@@ -59,3 +62,14 @@ def test_dp_fedavg_reports_epsilon(tmp_path):
 def test_bad_config(tmp_path, key, value):
   with pytest.raises(ValueError, match=key.split(".")[1]):
     federated_job.run(_config(**{key: value}), str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("policy", ["fifo", "reservoir"])
+def test_continual_setting_resumes_exactly(tmp_path, policy):
+  cfg = _config(**{"fl.continual_rounds": 3, "fl.cap": 5,
+                   "fl.policy": policy, "fl.selection": "activity"})
+  full = federated_job.run(cfg, str(tmp_path / "full"))
+  federated_job.run(cfg, str(tmp_path / "part"), stop_after=2)
+  part = federated_job.run(cfg, str(tmp_path / "part"))
+  assert _lines(tmp_path / "full") == _lines(tmp_path / "part")
+  assert full["test_accuracy"] == part["test_accuracy"]

@@ -32,7 +32,11 @@ def base_config() -> ConfigDict:
       client_batch_size=16, client_lr=0.1, algorithm="fedavg",
       server_lr=1.0, server_optimizer="adam", server_opt_lr=0.01,
       prox_mu=0.01, noise_multiplier=1.0, l2_clip=1.0,
-      eval_every=20, num_devices=1))
+      eval_every=20, num_devices=1,
+      # Continual setting: > 0 spreads each client's examples uniformly over
+      # this many rounds of arrivals; clients keep at most `cap` (0: no cap)
+      # and delete by `policy` (fifo | random | reservoir).
+      continual_rounds=0, cap=0, policy="fifo"))
   return c
 
 
@@ -49,6 +53,9 @@ def validate(config: ConfigDict) -> None:
             ("fl.local_epochs", f.local_epochs, f.local_epochs >= 1),
             ("fl.client_lr", f.client_lr, f.client_lr > 0),
             ("fl.algorithm", f.algorithm, f.algorithm in ALGORITHMS),
+            ("fl.policy", f.policy,
+             f.policy in ("fifo", "random", "reservoir")),
+            ("fl.cap", f.cap, f.cap >= 0),
             ("fl.partition", f.partition,
              f.partition in ("heavy_dirichlet", "dirichlet", "iid"))]
   for name, value, ok in checks:
@@ -126,9 +133,16 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
   keep = np.isin(assign, train_ids)
   sub_assign[keep] = [remap[c] for c in assign[keep]]
   train_rows = np.flatnonzero(keep)
-  fed = fl.FederatedData.from_assignment(
-      {k: v[train_rows] for k, v in train.items()}, sub_assign[keep],
-      len(train_ids))
+  fed_arrays = {k: v[train_rows] for k, v in train.items()}
+  fed = fl.FederatedData.from_assignment(fed_arrays, sub_assign[keep],
+                                         len(train_ids))
+  store = None
+  if f.continual_rounds > 0:
+    store = fl.ContinualStore(
+        sub_assign[keep], fl.uniform_arrivals(
+            sub_assign[keep], f.continual_rounds, seed=f.partition_seed),
+        len(train_ids), cap=f.cap or None, policy=f.policy,
+        seed=f.partition_seed)
   population.plot(os.path.join(workdir, "partition.png"))
   with open(os.path.join(workdir, "partition.json"), "w") as fh:
     json.dump(population.statistics(), fh, indent=2)
@@ -145,7 +159,9 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
   restored = ckpt.restore_latest(template)
   start = 0
   if restored is not None:
-    start, tree, _ = restored
+    start, tree, extra = restored
+    if store is not None:
+      store.load_state_dict(extra["store"])
     state, client_states = tree["server"], tree["clients"]
   writer = tjx.MetricWriter(workdir, resume_step=start if restored else None)
   mesh = fl.make_client_mesh(f.num_devices) if f.num_devices > 1 else None
@@ -155,6 +171,11 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
   sizes = fed.client_sizes()
   t0 = time.perf_counter()
   for r in range(start, end):
+    if store is not None:
+      # Clients' holdings this round (arrivals, then deletions).
+      store.advance_to(r)
+      fed = store.federated_data(fed_arrays)
+      sizes = fed.client_sizes()
     if f.algorithm == "dp_fedavg":
       q = f.cohort_size / fed.num_clients
       cohort = fl.poisson_cohort(
@@ -171,6 +192,8 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
         local_epochs=f.local_epochs, seed=config.seed, round=r,
         client_states=client_states, mesh=mesh)
     done = r + 1
+    if store is not None:
+      m["held_examples"] = int(sizes.sum())
     if not np.isfinite(m["client_loss"]):
       raise FloatingPointError(f"round {done}: client loss is not finite; "
                                "lower fl.client_lr")
@@ -185,7 +208,8 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
         m["epsilon"] = epsilon_from_event(alg_event(config, fed, done), delta)
       writer.write(done, m)
       progress.update(done, loss=m["client_loss"])
-    ckpt.maybe_save(done, {"server": state, "clients": client_states}, {},
+    extra = {"store": store.state_dict()} if store is not None else {}
+    ckpt.maybe_save(done, {"server": state, "clients": client_states}, extra,
                     force=(done == end))
   progress.close()
   if end < f.rounds:
