@@ -28,8 +28,8 @@ def base_config() -> ConfigDict:
   c.fl = ConfigDict(dict(
       num_clients=1000, partition="heavy_dirichlet", alpha=0.5, sigma=1.5,
       partition_seed=0, heldout_clients=100, cohort_size=50,
-      selection="uniform", power=1.0, rounds=200, local_epochs=1,
-      client_batch_size=16, client_lr=0.1, algorithm="fedavg",
+      selection="uniform", power=1.0, rounds=200, local_epochs=3,
+      client_batch_size=16, client_lr=1.0, algorithm="fedavg",
       server_lr=1.0, server_optimizer="adam", server_opt_lr=0.01,
       prox_mu=0.01, noise_multiplier=1.0, l2_clip=1.0,
       eval_every=20, num_devices=1,
