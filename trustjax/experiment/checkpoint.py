@@ -121,6 +121,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._mgr.latest_step()
 
+  def should_save(self, step: int) -> bool:
+    """Whether `maybe_save(step, ...)` (unforced) would write a checkpoint."""
+    return int(step) % self.every_steps == 0
+
   def maybe_save(self, step: int, state: Any, extra: dict | None = None,
                  force: bool = False) -> bool:
     """Saves `(state, extra)` as `step` if `step % every_steps == 0` or

@@ -539,6 +539,19 @@ def _build(config: ConfigDict, data: EncodedData):
   return params, loss_fn, predict
 
 
+def _dp_metrics(stats, row_mask) -> dict:
+  """Step metrics of a DP step from `ClipStats` (loss kept as aux)."""
+  import jax.numpy as jnp
+  per_ex = stats.aux["loss"]
+  n_real = jnp.maximum(stats.num_real, 1)
+  return {"frac_clipped": stats.frac_clipped,
+          "batch_size": stats.num_real,
+          "num_nonfinite": stats.num_nonfinite,
+          "mean_grad_norm": jnp.dot(stats.per_example_norms,
+                                    row_mask.astype(jnp.float32)) / n_real,
+          "loss": jnp.dot(per_ex, row_mask.astype(per_ex.dtype)) / n_real}
+
+
 def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
   """One jitted update: (state, batch, row_mask, key) -> (state, metrics).
 
@@ -598,16 +611,7 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
     grad_sum, stats = grad_fn(clip)(params, batch, row_mask, k_grad)
     extra = {"l2_clip": clip} if dp.adaptive_clip else {}
     updates, opt_state = tx.update(grad_sum, opt_state, params, **extra)
-    per_ex = stats.aux["loss"]
-    n_real = jnp.maximum(stats.num_real, 1)
-    metrics = {"frac_clipped": stats.frac_clipped,
-               "batch_size": stats.num_real,
-               "num_nonfinite": stats.num_nonfinite,
-               "mean_grad_norm": jnp.dot(stats.per_example_norms,
-                                         row_mask.astype(jnp.float32))
-               / n_real,
-               "loss": jnp.dot(per_ex, row_mask.astype(per_ex.dtype))
-               / n_real}
+    metrics = _dp_metrics(stats, row_mask)
     new = {"params": optax.apply_updates(params, updates),
            "opt_state": opt_state}
     if dp.adaptive_clip:
@@ -621,123 +625,513 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
   return jax.jit(dp_step, donate_argnums=(0,))
 
 
-def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
-        stop_after: int | None = None) -> dict:
-  """Trains, evaluates and writes the workdir; returns the final summary.
+# --------------------------------------------------------------------------
+# The step with hyperparameters as arguments (single runs and stacked sweeps)
+# --------------------------------------------------------------------------
 
-  `stop_after` ends the loop early after that many steps (with a checkpoint),
-  as a kill would; tests use it to check exact resume.
+# Fields that may differ between configs trained side by side in one program
+# (`run_stacked`): they enter the step as traced values or host-side state.
+STACKABLE_FIELDS = ("seed", "optimizer.learning_rate", "dp.l2_clip",
+                    "dp.noise_multiplier", "dp.target_epsilon", "dp.delta")
+
+
+def _simple_step(config: ConfigDict) -> bool:
+  """True when the run uses the hyperparameter-argument step (`_hp_step`).
+
+  Adaptive clipping, per-layer thresholds and multi-device batches keep their
+  own step (`_make_step`) and cannot be stacked.
+  """
+  dp = config.dp
+  return not (dp.enabled and (dp.adaptive_clip or dp.per_layer
+                              or dp.num_devices > 1))
+
+
+def _opt_from(name: str, learning_rate):
+  import optax
+  if name == "adam":
+    return optax.adam(learning_rate)
+  if name == "adamw":
+    return optax.adamw(learning_rate)
+  return optax.sgd(learning_rate, momentum=0.9)
+
+
+def _tx(config: ConfigDict, hp: dict, privacy: Privacy | None, key=0):
+  """The run's optax transform from hyperparameters (concrete or traced).
+
+  The state structure does not depend on the values, so the state built from
+  concrete values at init is the one the traced step updates.
+  """
+  from trustjax.privacy import dpsgd
+  opt = _opt_from(config.optimizer.name, hp["learning_rate"])
+  if privacy is None:
+    return opt
+  sigma0, decay, spe = (hp["noise_multiplier"], privacy.decay,
+                        privacy.steps_per_epoch)
+  schedule = sigma0 if decay == 1.0 else (
+      lambda count: sigma0 * decay ** (count // spe))
+  return dpsgd(opt, hp["l2_clip"], schedule, hp["expected_batch_size"], key)
+
+
+def _hparams(config: ConfigDict, privacy: Privacy | None) -> dict:
+  """The per-model numbers the step takes as arguments (f32 scalars)."""
+  hp = {"learning_rate": np.float32(config.optimizer.learning_rate)}
+  if privacy is not None:
+    m = privacy.mechanism
+    hp.update(l2_clip=np.float32(m.l2_clip),
+              noise_multiplier=np.float32(m.noise_multiplier),
+              expected_batch_size=np.float32(m.expected_batch_size))
+  return hp
+
+
+def _hp_step(config: ConfigDict, loss_fn, privacy: Privacy | None,
+             static_clip: float | None):
+  """Pure `(state, hp, batch, row_mask, key) -> (state, metrics)`.
+
+  One model's update with the learning rate, clip norm, noise multiplier and
+  expected batch size taken from `hp` (so `vmap` can give each model its
+  own). `static_clip`, when all models share one clip norm, is baked in as a
+  constant: ghost clipping needs a concrete C.
   """
   import jax
+  import jax.numpy as jnp
+  import optax
+
+  if privacy is None:
+    def step(state, hp, batch, row_mask, key):
+      params, opt_state = state["params"], state["opt_state"]
+
+      def mean_loss(p):
+        per_ex, _ = loss_fn(p, batch, key)
+        w = row_mask.astype(per_ex.dtype)
+        return jnp.dot(per_ex, w) / jnp.maximum(w.sum(), 1.0)
+      loss, grads = jax.value_and_grad(mean_loss)(params)
+      updates, opt_state = _tx(config, hp, None).update(grads, opt_state,
+                                                         params)
+      return {"params": optax.apply_updates(params, updates),
+              "opt_state": opt_state}, {"loss": loss}
+    return step
+
+  from trustjax.privacy import clipped_grad
+  dp = config.dp
+
+  def loss_with_value(params, batch, rng):
+    per_ex, _ = loss_fn(params, batch, rng)
+    return per_ex, {"loss": per_ex}
+
+  def step(state, hp, batch, row_mask, key):
+    params, opt_state = state["params"], state["opt_state"]
+    if static_clip is not None:
+      hp = dict(hp, l2_clip=static_clip)
+    fn = clipped_grad(loss_with_value, hp["l2_clip"], method=dp.method,
+                      microbatch_size=dp.microbatch_size or None,
+                      nan_policy=dp.nan_policy)
+    k_grad, _ = jax.random.split(key)
+    grad_sum, stats = fn(params, batch, row_mask, k_grad)
+    updates, opt_state = _tx(config, hp, privacy).update(grad_sum, opt_state,
+                                                          params)
+    metrics = _dp_metrics(stats, row_mask)
+    return {"params": optax.apply_updates(params, updates),
+            "opt_state": opt_state}, metrics
+  return step
+
+
+def _flat(config: ConfigDict) -> dict:
+  out = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      if isinstance(v, (ConfigDict, dict)):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[prefix + k] = v
+  walk(config.to_dict() if isinstance(config, ConfigDict) else config, "")
+  return out
+
+
+def stack_key(config: ConfigDict) -> str:
+  """Configs with equal keys can be trained side by side (`run_stacked`).
+
+  The key is a hash of every field except `STACKABLE_FIELDS`, plus a marker
+  for configs that use a step which cannot be stacked (adaptive or per-layer
+  clipping, several devices per batch): those get a key of their own.
+  """
+  import hashlib
+  flat = {k: v for k, v in _flat(config).items()
+          if k not in STACKABLE_FIELDS}
+  if not _simple_step(config):
+    flat["__unstackable__"] = id(config)
+  blob = json.dumps(flat, sort_keys=True, default=str)
+  return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def check_stackable(configs: list) -> None:
+  """ValueError naming the fields that stop `configs` sharing one program."""
+  if not configs:
+    raise ValueError("no configs to stack: the list is empty")
+  for i, c in enumerate(configs):
+    validate_config(c)
+    if not _simple_step(c):
+      dp = c.dp
+      why = ("dp.adaptive_clip" if dp.adaptive_clip else "dp.per_layer"
+             if dp.per_layer else "dp.num_devices")
+      raise ValueError(f"config {i} sets {why}, whose step cannot be stacked "
+                       "with other models; run these points as separate "
+                       "processes (sweep mode=processes)")
+  ref = {k: v for k, v in _flat(configs[0]).items()
+         if k not in STACKABLE_FIELDS}
+  for i, c in enumerate(configs[1:], 1):
+    flat = {k: v for k, v in _flat(c).items() if k not in STACKABLE_FIELDS}
+    diff = sorted(k for k in set(ref) | set(flat)
+                  if ref.get(k, "<missing>") != flat.get(k, "<missing>"))
+    if diff:
+      shown = ", ".join(f"{k}: {ref.get(k)!r} vs {flat.get(k)!r}"
+                        for k in diff[:6])
+      raise ValueError(
+          f"configs 0 and {i} differ in fields that cannot vary inside one "
+          f"stacked program ({shown}); only {', '.join(STACKABLE_FIELDS)} "
+          "may differ. Run them as separate groups or processes")
+
+
+# --------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Model:
+  """One model of a run (a single run has one, a stacked run K)."""
+  config: ConfigDict
+  workdir: str
+  rows: np.ndarray            # indices of its training examples in `train`
+  privacy: Privacy | None
+  tx: Any
+  state: Any
+  hp: dict
+  ckpt: Any = None
+  writer: Any = None
+  start: int = 0
+  restored: bool = False
+
+  @property
+  def n(self) -> int:
+    return len(self.rows)
+
+  def batch_indices(self, step: int):
+    if self.privacy is not None:
+      return self.privacy.sampler.batch(step)
+    return _epoch_batch(self.n, self.config.batch_size, self.config.seed,
+                        step)
+
+  def extra(self, done: int) -> dict:
+    extra = {"step": done}
+    if self.privacy is not None:
+      extra.update(noise_multiplier=self.privacy.mechanism.noise_multiplier,
+                   sampler=self.privacy.sampler.state_dict(),
+                   steps_accounted=done)
+    return extra
+
+
+def _train_rows(train_mask, n: int) -> np.ndarray:
+  if train_mask is None:
+    return np.arange(n)
+  m = np.asarray(train_mask)
+  if m.dtype != bool or m.shape != (n,):
+    raise ValueError(f"train_mask must be bool[{n}] (one flag per training "
+                     f"example); got {m.dtype}{list(m.shape)}")
+  if not m.any():
+    raise ValueError("train_mask selects no training example")
+  return np.flatnonzero(m)
+
+
+def _setup_model(config, workdir, data, params, loss_fn, rows,
+                 steps) -> _Model:
+  """Privacy, optimizer, state, checkpoint and metric writer of one model."""
+  import jax
+  import jax.numpy as jnp
   from trustjax import experiment as tjx
   from trustjax.privacy import dpsgd
-
-  validate_config(config)
-  tjx.prepare_workdir(workdir, config, overwrite=overwrite)
-  data = load_data(config, workdir)
-  train = data.arrays["train"]
-  n = len(train["label"])
-  if n == 0:
-    raise ValueError("the training split is empty")
-  steps = num_train_steps(config, n)
-  params, loss_fn, predict = _build(config, data)
+  n = len(rows)
   privacy = None
   if config.dp.enabled:
-    import jax
     privacy = resolve_privacy(config, n, steps,
                               num_layers=len(jax.tree.leaves(params)))
     privacy.clip = config.dp.l2_clip
     if config.dp.per_layer:
       from trustjax.privacy import total_l2_sensitivity
-      privacy.clip = private_layer_clips(config, privacy, params, loss_fn,
-                                         train)
+      privacy.clip = private_layer_clips(
+          config, privacy, params, loss_fn,
+          {k: v[rows] for k, v in data.arrays["train"].items()})
       # The noise is calibrated to the total sensitivity sqrt(sum C_l^2).
       privacy.mechanism = privacy.mechanism.replace(
           l2_clip=float(total_l2_sensitivity(privacy.clip)))
-  opt = _optimizer(config)
-  if privacy is not None:
+  hp = _hparams(config, privacy)
+  if privacy is not None and not _simple_step(config):
     m = privacy.mechanism
     # Adaptive clipping passes C_t at each update (l2_clip=None here).
-    tx = dpsgd(opt, None if config.dp.adaptive_clip else privacy.clip,
+    tx = dpsgd(_optimizer(config),
+               None if config.dp.adaptive_clip else privacy.clip,
                privacy.noise_schedule(), m.expected_batch_size, config.seed)
   else:
-    tx = opt
+    tx = _tx(config, {k: float(v) for k, v in hp.items()}, privacy,
+             key=config.seed)
   state = {"params": params, "opt_state": tx.init(params)}
   if privacy is not None and config.dp.adaptive_clip:
-    import jax.numpy as jnp
     state["l2_clip"] = jnp.asarray(config.dp.l2_clip, jnp.float32)
-
-  ckpt = tjx.Checkpointer(workdir, every_steps=config.checkpoint_every)
-  restored = ckpt.restore_latest(state)
-  start = 0
+  model = _Model(config=config, workdir=workdir, rows=rows, privacy=privacy,
+                 tx=tx, state=state, hp=hp)
+  model.ckpt = tjx.Checkpointer(workdir, every_steps=config.checkpoint_every)
+  restored = model.ckpt.restore_latest(state)
   if restored is not None:
-    start, state, extra = restored
+    model.start, model.state, extra = restored
+    model.restored = True
     if privacy is not None and not math.isclose(
         extra["noise_multiplier"], privacy.mechanism.noise_multiplier):
       raise ValueError(
           f"checkpoint in {workdir} was trained with noise_multiplier "
           f"{extra['noise_multiplier']}, the config now gives "
           f"{privacy.mechanism.noise_multiplier}; use --overwrite")
-    print(f"resuming from step {start} in {workdir}", flush=True)
-  writer = tjx.MetricWriter(workdir, resume_step=start if restored else None)
-  step_fn = _make_step(config, loss_fn, tx, privacy)
-  base_key = jax.random.key(config.seed)
-  progress = tjx.Progress(steps, initial_step=start,
-                          desc="dp-train" if privacy else "train")
+    print(f"resuming from step {model.start} in {workdir}", flush=True)
+  model.writer = tjx.MetricWriter(
+      workdir, resume_step=model.start if model.restored else None)
+  return model
+
+
+class _Epsilons:
+  """epsilon(done) per model, computed once per distinct accounting setup."""
+
+  def __init__(self):
+    self._cache = {}
+
+  def __call__(self, model: _Model, done: int) -> float:
+    p = model.privacy
+    m = p.mechanism
+    key = (m.noise_multiplier, m.sampling_rate, p.sampler.num_examples,
+           p.sampler.max_batch_size, p.delta, p.accountant, p.decay,
+           p.steps_per_epoch, repr(p.setup_event), done)
+    if key not in self._cache:
+      self._cache[key] = p.epsilon(done)
+    return self._cache[key]
+
+
+def _log(model: _Model, done: int, steps: int, metrics: dict, eps: _Epsilons,
+         predict, data) -> dict | None:
+  """Writes model's metrics at a logging step; returns them (else None)."""
+  config = model.config
+  if not (done % config.log_every == 0 or done == steps):
+    return None
+  metrics = {k: float(v) for k, v in metrics.items()}
+  if model.privacy is not None:
+    if metrics.get("num_nonfinite", 0) and config.dp.nan_policy == "raise":
+      raise FloatingPointError(
+          f"step {done} ({model.workdir}): {int(metrics['num_nonfinite'])} "
+          "per-example gradients were NaN/Inf; lower the learning rate, or "
+          "set dp.nan_policy=drop (such rows then contribute zero)")
+    metrics["epsilon"] = eps(model, done)
+  if config.eval_every and done % config.eval_every == 0:
+    val = evaluate(predict, model.state["params"], data.arrays["val"],
+                   config.eval_batch_size, data.oos_label)
+    metrics.update({f"val_{k}": v for k, v in val.items()})
+  model.writer.write(done, metrics)
+  return metrics
+
+
+def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
+        stop_after: int | None = None, train_mask=None) -> dict:
+  """Trains, evaluates and writes the workdir; returns the final summary.
+
+  `stop_after` ends the loop early after that many steps (with a checkpoint),
+  as a kill would; tests use it to check exact resume. `train_mask` (bool[N]
+  over the training split) trains on a subset: its size is the n of the
+  sampling rate and of the accountant.
+  """
+  return _run_models([config], [workdir], overwrite=overwrite,
+                     stop_after=stop_after,
+                     train_masks=None if train_mask is None else [train_mask],
+                     stacked=False)[0]
+
+
+def run_stacked(configs: list, workdirs: list, *, overwrite: bool = False,
+                stop_after: int | None = None, train_masks=None,
+                num_devices: int | None = None) -> list[dict]:
+  """Trains K configs side by side in one jitted program (`vmap` over K).
+
+  The configs may differ only in `STACKABLE_FIELDS` (seed, learning rate,
+  clip norm, noise multiplier or target epsilon, delta); `check_stackable`
+  says which fields stop them otherwise. Each workdir ends exactly as
+  `run(configs[k], workdirs[k])` would leave it (config.json, metrics.jsonl,
+  checkpoints, summary.json, plots): its parameters and metrics equal the
+  separate run's to float tolerance, and its epsilon is its own accountant's.
+  A stacked group interrupted after a checkpoint resumes from the points'
+  own checkpoints (all points must be at the same step); a point can also be
+  finished by a separate `run`.
+
+  Args:
+    configs: K classification-job configs.
+    workdirs: K distinct output directories.
+    overwrite, stop_after: as in `run`.
+    train_masks: optional K bool[N] masks (model k trains on its rows): the
+      shadow models of membership inference.
+    num_devices: shard the model axis over devices (`sweeps.model_mesh`).
+
+  Returns:
+    The K summaries (as `run` returns them).
+  """
+  if len(configs) != len(workdirs):
+    raise ValueError(f"{len(configs)} configs but {len(workdirs)} workdirs")
+  if len({os.path.abspath(w) for w in workdirs}) != len(workdirs):
+    raise ValueError("run_stacked needs one distinct workdir per config")
+  if train_masks is not None and len(train_masks) != len(configs):
+    raise ValueError(f"{len(train_masks)} train_masks for {len(configs)} "
+                     "configs")
+  check_stackable(configs)
+  return _run_models(configs, workdirs, overwrite=overwrite,
+                     stop_after=stop_after, train_masks=train_masks,
+                     stacked=True, num_devices=num_devices)
+
+
+def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
+                stacked, num_devices=None) -> list[dict]:
+  import jax
+  from trustjax import experiment as tjx
+  from trustjax.sweeps import stacked as sweeps
+
+  for c, w in zip(configs, workdirs):
+    validate_config(c)
+    tjx.prepare_workdir(w, c, overwrite=overwrite)
+  config = configs[0]
+  data = load_data(config, workdirs[0])
+  vocab = os.path.join(workdirs[0], "vocab.json")
+  if os.path.exists(vocab):
+    # The data config is shared; every workdir keeps the vocabulary, as a
+    # separate run would.
+    import shutil
+    for w in workdirs[1:]:
+      shutil.copyfile(vocab, os.path.join(w, "vocab.json"))
+  train = data.arrays["train"]
+  n_all = len(train["label"])
+  if n_all == 0:
+    raise ValueError("the training split is empty")
+  models, steps_of = [], []
+  for i, (c, w) in enumerate(zip(configs, workdirs)):
+    rows = _train_rows(None if train_masks is None else train_masks[i],
+                       n_all)
+    steps = num_train_steps(c, len(rows))
+    c_params, loss_fn, predict = _build(c, data)
+    models.append(_setup_model(c, w, data, c_params, loss_fn, rows, steps))
+    steps_of.append(steps)
+  if len(set(steps_of)) != 1:
+    raise ValueError(f"stacked models would train different numbers of steps "
+                     f"{steps_of} (num_epochs with different training-set "
+                     "sizes); set config.num_steps")
+  steps = steps_of[0]
+  schedules = {(m.privacy.decay, m.privacy.steps_per_epoch) for m in models
+               if m.privacy is not None and m.privacy.decay != 1.0}
+  if len(schedules) > 1:
+    raise ValueError(
+        "stacked models have noise-decay epochs of different lengths "
+        f"{sorted(schedules)} (different training-set sizes); use "
+        "dp.noise_decay=1 or equal train_masks sizes")
+  starts = {m.start for m in models}
+  if len(starts) != 1:
+    raise ValueError(
+        "the stacked points were checkpointed at different steps "
+        f"{[m.start for m in models]}; finish them as separate runs")
+  start = starts.pop()
   end = steps if stop_after is None else min(steps, start + stop_after)
+  eps = _Epsilons()
+  progress = tjx.Progress(
+      steps, initial_step=start,
+      desc=("dp-train" if config.dp.enabled else "train") +
+      (f" x{len(models)}" if stacked else ""))
   t0 = time.perf_counter()
-  for step in range(start, end):
-    if privacy is not None:
-      idx, row_mask = privacy.sampler.batch(step)
+
+  def after_step(done, states, metrics):
+    # `states`/`metrics` are stacked [K, ...] (stacked) or one model's.
+    logged = None
+    for k, m in enumerate(models):
+      if stacked and (done % m.config.log_every == 0 or done == steps or
+                      m.ckpt.should_save(done) or done == end):
+        m.state = jax.tree.map(lambda x, k=k: x[k], states)
+      elif not stacked:
+        m.state = states
+      mk = (jax.tree.map(lambda x, k=k: x[k], metrics) if stacked
+            else metrics)
+      if done % m.config.log_every == 0 or done == steps:
+        row = _log(m, done, steps, jax.device_get(mk), eps, predict, data)
+        logged = logged or row
+      m.ckpt.maybe_save(done, m.state, m.extra(done), force=(done == end))
+    if logged is not None:
+      progress.update(done, **{k: logged[k] for k in ("loss", "epsilon")
+                               if k in logged})
+
+  if stacked or _simple_step(config):
+    step_fn = _hp_step(config, loss_fn, models[0].privacy if
+                       config.dp.enabled else None,
+                       _static_clip(models))
+  if stacked:
+    sweeps.vmap_train(
+        step_fn, [m.state for m in models], [m.hp for m in models], train,
+        lambda k, t: models[k].batch_indices(t), end,
+        seeds=[m.config.seed for m in models], start_step=start,
+        on_step=after_step, num_devices=num_devices,
+        data_masks=None if train_masks is None else
+        np.stack([np.asarray(t, bool) for t in train_masks]))
+  else:
+    m = models[0]
+    if _simple_step(config):
+      jitted = jax.jit(step_fn, donate_argnums=(0,))
+      hp = m.hp
+      call = lambda st, b, rm, key: jitted(st, hp, b, rm, key)  # noqa: E731
     else:
-      idx, row_mask = _epoch_batch(n, config.batch_size, config.seed, step)
-    batch = _gather(train, idx, row_mask)
-    state, metrics = step_fn(state, batch, row_mask,
-                             jax.random.fold_in(base_key, step))
-    done = step + 1
-    if done % config.log_every == 0 or done == steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if privacy is not None:
-        if metrics.get("num_nonfinite", 0) and config.dp.nan_policy == "raise":
-          raise FloatingPointError(
-              f"step {done}: {int(metrics['num_nonfinite'])} per-example "
-              "gradients were NaN/Inf; lower the learning rate, or set "
-              "dp.nan_policy=drop (such rows then contribute zero)")
-        metrics["epsilon"] = privacy.epsilon(done)
-      if config.eval_every and done % config.eval_every == 0:
-        val = evaluate(predict, state["params"], data.arrays["val"],
-                       config.eval_batch_size, data.oos_label)
-        metrics.update({f"val_{k}": v for k, v in val.items()})
-      writer.write(done, metrics)
-      progress.update(done, **{k: metrics[k] for k in ("loss", "epsilon")
-                               if k in metrics})
-    extra = {"step": done}
-    if privacy is not None:
-      extra.update(noise_multiplier=privacy.mechanism.noise_multiplier,
-                   sampler=privacy.sampler.state_dict(), steps_accounted=done)
-    ckpt.maybe_save(done, state, extra, force=(done == end))
+      call = _make_step(config, loss_fn, m.tx, m.privacy)
+    base_key = jax.random.key(config.seed)
+    state = m.state
+    for step in range(start, end):
+      idx, row_mask = m.batch_indices(step)
+      batch = _gather(train, np.where(row_mask, m.rows[np.where(
+          row_mask, idx, 0)], 0), row_mask)
+      state, metrics = call(state, batch, row_mask,
+                            jax.random.fold_in(base_key, step))
+      after_step(step + 1, state, metrics)
   progress.close()
   train_time = time.perf_counter() - t0
   if end < steps:
-    writer.close()
-    ckpt.close()
-    return {"stopped_at": end}
+    for m in models:
+      m.writer.close()
+      m.ckpt.close()
+    return [{"stopped_at": end} for _ in models]
+  return [_finish(m, data, predict, steps, train_time, eps) for m in models]
 
+
+def _static_clip(models) -> float | None:
+  """The clip norm when every model shares one concrete value (else None)."""
+  clips = {float(m.hp["l2_clip"]) for m in models if "l2_clip" in m.hp}
+  if len(clips) == 1:
+    return clips.pop()
+  return None
+
+
+def _finish(m: _Model, data, predict, steps, train_time, eps) -> dict:
+  """Final evaluation, summary.json and plots of one model."""
+  config, workdir, privacy = m.config, m.workdir, m.privacy
   summary = {"data": data.source, "tokenizer": data.tokenizer_note,
              "steps": steps, "train_seconds_this_run": round(train_time, 2),
-             "num_train_examples": n}
+             "num_train_examples": m.n}
   for split in ("train", "val", "test"):
-    if len(data.arrays[split]["label"]):
-      res = evaluate(predict, state["params"], data.arrays[split],
+    arrays = data.arrays[split]
+    if split == "train":
+      arrays = {k: v[m.rows] for k, v in arrays.items()}
+    if len(arrays["label"]):
+      res = evaluate(predict, m.state["params"], arrays,
                      config.eval_batch_size, data.oos_label)
       summary.update({f"{split}_{k}": v for k, v in res.items()})
   if privacy is not None:
-    m = privacy.mechanism
-    summary.update(epsilon=privacy.epsilon(steps), delta=privacy.delta,
-                   noise_multiplier=m.effective_noise_multiplier,
-                   l2_clip=m.l2_clip,
-                   sampling_rate=m.sampling_rate,
-                   expected_batch_size=m.expected_batch_size,
+    mech = privacy.mechanism
+    summary.update(epsilon=eps(m, steps), delta=privacy.delta,
+                   noise_multiplier=mech.effective_noise_multiplier,
+                   l2_clip=mech.l2_clip,
+                   sampling_rate=mech.sampling_rate,
+                   expected_batch_size=mech.expected_batch_size,
                    accountant=privacy.accountant,
                    sampling="Poisson (accounted as sampled)")
     if config.dp.per_layer:
@@ -748,13 +1142,13 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
                      per_layer_clip_max=max(leaves))
     if config.dp.noise_decay != 1.0:
       summary.update(noise_decay=config.dp.noise_decay,
-                     final_noise_multiplier=m.noise_multiplier *
+                     final_noise_multiplier=mech.noise_multiplier *
                      config.dp.noise_decay ** ((steps - 1) //
                                                privacy.steps_per_epoch))
     if config.dp.adaptive_clip:
-      summary.update(gradient_noise_multiplier=m.noise_multiplier,
-                     initial_l2_clip=m.l2_clip,
-                     final_l2_clip=float(state["l2_clip"]),
+      summary.update(gradient_noise_multiplier=mech.noise_multiplier,
+                     initial_l2_clip=mech.l2_clip,
+                     final_l2_clip=float(m.state["l2_clip"]),
                      clip_target_quantile=config.dp.target_quantile)
     if config.data.tokenizer == "word":
       summary["privacy_note"] = (
@@ -763,13 +1157,13 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
   else:
     summary["epsilon"] = float("inf")
   # Wall-clock time is not part of metrics.jsonl: it must be identical
-  # whether or not the run was interrupted.
-  writer.write(steps, {f"final_{k}": v for k, v in summary.items()
-                       if isinstance(v, (int, float)) and
-                       k not in ("train_seconds_this_run", "epsilon")
-                       or (k == "epsilon" and privacy is not None)})
-  writer.close()
-  ckpt.close()
+  # whether or not the run was interrupted (or stacked).
+  m.writer.write(steps, {f"final_{k}": v for k, v in summary.items()
+                         if isinstance(v, (int, float)) and
+                         k not in ("train_seconds_this_run", "epsilon")
+                         or (k == "epsilon" and privacy is not None)})
+  m.writer.close()
+  m.ckpt.close()
   _plot_curves(workdir)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
