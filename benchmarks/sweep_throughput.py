@@ -9,11 +9,11 @@ multiplier and learning rate, for the same number of steps: once one after
 another with `classification.run`, once side by side with
 `classification.run_stacked`. Timed: the whole job (data, calibration,
 training, evaluation, checkpoints, metrics) and, separately, the training
-loop as each job reports it (`train_seconds_this_run`). The arms run in the
-same process, alternating order is not needed: the sequential arm runs first
-and pays the data loading/compilation once like the stacked arm does. Also
-checks that the arms give the same test accuracies (to 1e-6). Prints one
-JSON line with both times and the ratio stacked / sequential.
+loop as each job reports it (`train_seconds_this_run`). Both arms run in
+the same process (sequential first). Also reports the largest test-accuracy
+difference between the arms (float reassociation inside batched kernels can
+flip a prediction at an argmax tie over many steps). Prints one JSON line
+with both times and the ratios stacked / sequential.
 """
 
 import argparse
@@ -31,7 +31,7 @@ from trustjax.experiment import load_config  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _configs(k, steps, accountant, batch_size):
+def _configs(k, steps, accountant, batch_size, d_embed, vocab_size):
   sigmas = [0.8, 1.0, 1.3, 2.0]
   lrs = [0.01, 0.02, 0.05, 0.1]
   out = []
@@ -47,6 +47,8 @@ def _configs(k, steps, accountant, batch_size):
     c.dp.noise_multiplier = sigmas[i % len(sigmas)]
     c.optimizer.learning_rate = lrs[(i // len(sigmas)) % len(lrs)]
     c.dp.accountant = accountant
+    c.model.d_embed = d_embed
+    c.data.vocab_size = vocab_size
     out.append(c)
   return out
 
@@ -57,6 +59,8 @@ def main():
   ap.add_argument("--steps", type=int, default=60)
   ap.add_argument("--batch_size", type=int, default=256)
   ap.add_argument("--accountant", default="rdp")
+  ap.add_argument("--d_embed", type=int, default=128)
+  ap.add_argument("--vocab_size", type=int, default=8192)
   ap.add_argument("--out", default="runs/sweep_throughput")
   args = ap.parse_args()
   if not os.environ.get("TRUSTJAX_DATA_DIR"):
@@ -65,7 +69,7 @@ def main():
   quiet_logs()
   shutil.rmtree(args.out, ignore_errors=True)
   configs = _configs(args.models, args.steps, args.accountant,
-                     args.batch_size)
+                     args.batch_size, args.d_embed, args.vocab_size)
   t0 = time.perf_counter()
   seq = [classification.run(c, os.path.join(args.out, f"seq{i}"))
          for i, c in enumerate(configs)]
@@ -77,8 +81,10 @@ def main():
   t_st = time.perf_counter() - t0
   loop_seq = sum(s["train_seconds_this_run"] for s in seq)
   loop_st = st[0]["train_seconds_this_run"]
-  same = all(abs(a["test_accuracy"] - b["test_accuracy"]) <= 1e-6
-             for a, b in zip(seq, st))
+  # Stacked and separate programs agree to float reassociation; over many
+  # steps that can flip a test prediction at an argmax tie.
+  acc_diff = max(abs(a["test_accuracy"] - b["test_accuracy"])
+                 for a, b in zip(seq, st))
   print(json.dumps({
       "benchmark": "sweep_throughput", "models": args.models,
       "steps": args.steps, "expected_batch_size": args.batch_size,
@@ -88,7 +94,9 @@ def main():
       "sequential_train_loop_s": round(loop_seq, 2),
       "stacked_train_loop_s": round(loop_st, 2),
       "train_loop_ratio": round(loop_st / loop_seq, 3),
-      "same_test_accuracy": same,
+      "max_test_accuracy_diff": acc_diff,
+      "d_embed": args.d_embed, "vocab_size": args.vocab_size,
+      "params_per_model": st[0].get("num_params"),
       "test_accuracy_range": [min(s["test_accuracy"] for s in st),
                               max(s["test_accuracy"] for s in st)]}))
 

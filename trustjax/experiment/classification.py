@@ -449,6 +449,9 @@ def _device_count() -> int:
   return jax.device_count()
 
 
+_CALIBRATED: dict = {}
+
+
 def resolve_privacy(config: ConfigDict, num_examples: int,
                     steps: int, num_layers: int = 1) -> Privacy:
   """Calibrates sigma (or takes it), builds sampler + mechanism; validates."""
@@ -492,9 +495,16 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
   if dp.noise_multiplier is not None:
     sigma = float(dp.noise_multiplier)
   elif dp.noise_decay == 1.0 and setup is None:
-    sigma = tjp.calibrate_event(lambda s: sampler.dp_event(s, steps),
-                                dp.target_epsilon, delta,
-                                accountant=dp.accountant)
+    # Memoised: the points of a sweep often share (epsilon, q, n, steps), and
+    # one PLD calibration costs seconds. The key holds every input of the
+    # calibration, so a hit returns exactly what a new search would.
+    key = (float(dp.target_epsilon), float(delta), n, q, steps,
+           sampler.max_batch_size, dp.accountant)
+    if key not in _CALIBRATED:
+      _CALIBRATED[key] = tjp.calibrate_event(
+          lambda s: sampler.dp_event(s, steps), dp.target_epsilon, delta,
+          accountant=dp.accountant)
+    sigma = _CALIBRATED[key]
   else:
     sigma = tjp.calibrate_event(lambda s: probe.event(steps, sigma0=s),
                                 dp.target_epsilon, delta,
@@ -593,11 +603,11 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
                          devices=jax.devices()[:dp.num_devices])
 
   def grad_fn(clip):
-    # With adaptive clipping C is traced, and ghost clipping does not yet run
-    # inside shard_map: per-example gradients then come from vmap.
+    # Ghost clipping takes one (possibly traced, e.g. adaptive) clip norm but
+    # not per-layer thresholds, and does not yet run inside shard_map:
+    # per-example gradients then come from vmap.
     method = dp.method
-    if (dp.adaptive_clip or dp.per_layer or mesh is not None) and \
-        method != "vmap":
+    if (dp.per_layer or mesh is not None) and method != "vmap":
       method = "vmap"
     fn = clipped_grad(loss_with_value, clip, method=method,
                       microbatch_size=dp.microbatch_size or None,
@@ -1113,10 +1123,13 @@ def _static_clip(models) -> float | None:
 
 def _finish(m: _Model, data, predict, steps, train_time, eps) -> dict:
   """Final evaluation, summary.json and plots of one model."""
+  import jax
   config, workdir, privacy = m.config, m.workdir, m.privacy
   summary = {"data": data.source, "tokenizer": data.tokenizer_note,
              "steps": steps, "train_seconds_this_run": round(train_time, 2),
-             "num_train_examples": m.n}
+             "num_train_examples": m.n,
+             "num_params": int(sum(np.size(x) for x in
+                                   jax.tree.leaves(m.state["params"])))}
   for split in ("train", "val", "test"):
     arrays = data.arrays[split]
     if split == "train":

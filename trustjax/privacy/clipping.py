@@ -295,9 +295,9 @@ def clipped_grad(loss_fn: Callable, l2_clip: Any, *, method: str = "auto",
       own threshold; sensitivity `sqrt(sum_l C_l^2)`). Thresholds may be
       traced values (adaptive clipping inside jit).
     method: "vmap" (`jax.vmap(jax.grad)` per example), "ghost" (ghost /
-      book-keeping norms from `trustjax.privacy.ghost`: one global, concrete
-      l2_clip; the loss is evaluated on the whole batch with one rng), or
-      "auto" (ghost when that module is importable, l2_clip is one concrete
+      book-keeping norms from `trustjax.privacy.ghost`: one global l2_clip,
+      concrete or traced; the loss is evaluated on the whole batch with one
+      rng), or "auto" (ghost when that module is importable, l2_clip is one
       number and the ghost analysis accepts the loss at trace time; else
       vmap). Both compute the same clipped sum (same sensitivity); only the
       randomness given to a stochastic loss (dropout) differs.
@@ -371,12 +371,13 @@ def clipped_grad(loss_fn: Callable, l2_clip: Any, *, method: str = "auto",
     if tree_lib.is_per_layer(l2_clip):
       problems.append("ghost clipping supports one global l2_clip only "
                       "(per-layer thresholds: method='vmap')")
-    elif not tree_lib.is_concrete(l2_clip):
-      problems.append("ghost clipping needs a concrete (not traced) l2_clip")
     if problems and method == "ghost":
       raise ValueError("method='ghost' unavailable: " + "; ".join(problems))
     if not problems:
-      ghost_fn = factory(loss_fn, float(np.asarray(l2_clip)), has_aux=has_aux,
+      # A traced scalar C (stacked models, adaptive clipping) stays traced.
+      clip = (float(np.asarray(l2_clip)) if tree_lib.is_concrete(l2_clip)
+              else l2_clip)
+      ghost_fn = factory(loss_fn, clip, has_aux=has_aux,
                          microbatch_size=microbatch_size)
       chosen = _ghost_adapter(ghost_fn, vmap_fn, nan_policy,
                               fallback=(method == "auto"))

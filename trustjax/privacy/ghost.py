@@ -101,10 +101,17 @@ def ghost_clipped_grad(
     ValueError: (at trace time) if the model mixes examples across the batch
       axis, or uses an op the batch-locality analysis does not know.
   """
-  if not isinstance(l2_clip, (int, float)) or isinstance(l2_clip, bool):
+  traced = isinstance(l2_clip, jax.core.Tracer)
+  if traced:
+    # A traced scalar C (e.g. one clip norm per stacked model under vmap):
+    # the norms do not depend on C, only the weights min(1, C / norm) do.
+    if jnp.shape(l2_clip) != ():
+      raise ValueError(f"a traced l2_clip must be a scalar for ghost "
+                       f"clipping, got shape {jnp.shape(l2_clip)}")
+  elif not isinstance(l2_clip, (int, float)) or isinstance(l2_clip, bool):
     raise ValueError(f"l2_clip must be a positive float for ghost clipping, "
                      f"got {l2_clip!r} (per-layer thresholds: method='vmap')")
-  if not l2_clip > 0:
+  elif not l2_clip > 0:
     raise ValueError(f"l2_clip must be > 0, got {l2_clip}")
   if microbatch_size is not None and (not isinstance(microbatch_size, int) or
                                       microbatch_size < 1):
@@ -119,8 +126,8 @@ def ghost_clipped_grad(
     return out if has_aux else (out, None)
 
   def chunk(params, batch, mask, rng):
-    return _ghost_chunk(loss_with_aux, float(l2_clip), norm_strategy, params,
-                        batch, mask, rng)
+    return _ghost_chunk(loss_with_aux, l2_clip if traced else float(l2_clip),
+                        norm_strategy, params, batch, mask, rng)
 
   def fn(params, batch, mask, rng):
     b = _batch_size(batch)
