@@ -24,3 +24,4 @@ from trustjax.federated.dp_fedavg import DPFedAvgConfig
 from trustjax.federated.dp_fedavg import poisson_cohort
 from trustjax.federated.continual import ContinualStore
 from trustjax.federated.continual import uniform_arrivals
+from trustjax.federated.stacked import run_round_stacked

@@ -36,6 +36,10 @@ class Algorithm(NamedTuple):
   name: str = ""
 
 
+def _traced(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
 def _zeros_like(tree):
   return jax.tree.map(jnp.zeros_like, tree)
 
@@ -55,7 +59,7 @@ def _local_sgd(loss_fn, params, batches, rng, lr, grad_correction=None,
     def objective(q):
       per_ex, _ = loss_fn(q, batch, key)
       loss = jnp.dot(per_ex.astype(jnp.float32), w) / jnp.maximum(count, 1.0)
-      if prox_center is not None and mu:
+      if prox_center is not None and (_traced(mu) or mu):
         sq = sum(jnp.vdot(a - b, a - b) for a, b in zip(
             jax.tree.leaves(q), jax.tree.leaves(prox_center)))
         loss = loss + 0.5 * mu * sq
@@ -89,8 +93,11 @@ def fedavg(loss_fn, *, client_lr: float, server_lr: float = 1.0,
 
   def client_update(server_state, client_state, batches, rng):
     g = server_state["params"]
+    # A traced mu (stacked simulations) keeps the proximal term; mu = 0 then
+    # adds exactly 0 to the loss and its gradient.
+    prox = _traced(prox_mu) or prox_mu
     p, n, loss = _local_sgd(loss_fn, g, batches, rng, client_lr,
-                            prox_center=g if prox_mu else None, mu=prox_mu)
+                            prox_center=g if prox else None, mu=prox_mu)
     return {"weighted": jax.tree.map(jnp.subtract, p, g)}, client_state, {
         "loss": loss, "steps": n}
 
@@ -101,7 +108,7 @@ def fedavg(loss_fn, *, client_lr: float, server_lr: float = 1.0,
                                    aggregate["weighted"])}
 
   return Algorithm(server_init, client_update, server_update,
-                   name="fedprox" if prox_mu else "fedavg")
+                   name="fedprox" if _traced(prox_mu) or prox_mu else "fedavg")
 
 
 def fedprox(loss_fn, *, client_lr: float, mu: float,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,23 +68,106 @@ def _bucket(steps: int) -> int:
   return 1 if steps <= 1 else 1 << (int(steps) - 1).bit_length()
 
 
+class Bucket(NamedTuple):
+  """Clients of a cohort that share a padded number of local steps.
+
+  `ids`, `weights`, `unit` have length `m_pad` (a power of two, a multiple
+  of the device count); rows `size:` are padding clients with no data and
+  weight 0. `steps` is the bucket's padded number of local steps.
+  """
+  steps: int
+  size: int
+  ids: np.ndarray
+  weights: np.ndarray
+  unit: np.ndarray
+  batch_size: int
+  local_epochs: int
+
+  def batches(self, data: FederatedData, *, seed: int, round: int
+              ) -> dict[str, np.ndarray]:
+    """`{name: [m_pad, steps, b, ...]}` plus "example_mask" for `seed`."""
+    m_pad = len(self.ids)
+    idx = np.zeros((m_pad, self.steps, self.batch_size), np.int64)
+    row_mask = np.zeros((m_pad, self.steps, self.batch_size), bool)
+    for j in range(self.size):
+      idx[j], row_mask[j] = client_batch_indices(
+          data, int(self.ids[j]), steps=self.steps,
+          batch_size=self.batch_size, local_epochs=self.local_epochs,
+          seed=seed, round=round)
+    out = {k: np.where(row_mask.reshape(row_mask.shape + (1,) * (
+        np.ndim(v) - 1)), np.asarray(v)[idx], 0)
+           for k, v in data.arrays.items()}
+    out["example_mask"] = row_mask
+    return out
+
+
+def cohort_buckets(data: FederatedData, clients: np.ndarray,
+                   weights: np.ndarray, *, ndev: int, batch_size: int,
+                   local_epochs: int) -> list[Bucket]:
+  """The cohort's clients grouped by padded local steps (ascending)."""
+  sizes = data.client_sizes()[clients]
+  steps = local_steps(sizes, batch_size, local_epochs)
+  groups = {}
+  for pos, s in enumerate(steps):
+    groups.setdefault(_bucket(max(int(s), 1)), []).append(pos)
+  out = []
+  for s_b, members in sorted(groups.items()):
+    m = len(members)
+    # Client counts are padded to a power of two (and a multiple of the
+    # device count) so that shapes, and thus compilations, repeat across
+    # rounds; padded clients have no data and weight 0.
+    m_pad = -(-_bucket(m) // ndev) * ndev
+    ids = np.zeros(m_pad, np.int64)
+    w = np.zeros(m_pad, np.float32)
+    unit = np.zeros(m_pad, np.float32)
+    for j, pos in enumerate(members):
+      ids[j], w[j], unit[j] = int(clients[pos]), weights[pos], 1.0
+    out.append(Bucket(s_b, m, ids, w, unit, batch_size, local_epochs))
+  return out
+
+
+def cohort_members(cohort: Cohort, round: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """The cohort's real clients and their weights; ValueError if unusable."""
+  clients = cohort.clients[cohort.mask]
+  weights = cohort.weights[cohort.mask]
+  if len(clients) == 0:
+    raise ValueError(f"round {round}: the cohort is empty")
+  if not np.all(np.isfinite(weights)) or weights.sum() <= 0:
+    raise ValueError(f"round {round}: aggregation weights must be finite "
+                     f"and sum to > 0, got {weights}")
+  return clients, weights
+
+
+def cohort_aggregate(algorithm: Algorithm, server_state, client_states,
+                     batches, weights, unit, rngs):
+  """`vmap(client_update)` over a bucket's clients and their aggregate.
+
+  Returns `({"weighted": sum_i w_i u_i, "summed": sum_i unit_i s_i},
+  new_client_states, metrics)`; sums are contractions over the client axis.
+  """
+  upd, new_cs, metrics = jax.vmap(
+      algorithm.client_update, in_axes=(None, 0, 0, 0))(
+          server_state, client_states, batches, rngs)
+  agg = {}
+  if "weighted" in upd:
+    agg["weighted"] = jax.tree.map(
+        lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1),
+        upd["weighted"])
+  if "summed" in upd:
+    agg["summed"] = jax.tree.map(
+        lambda x: jnp.tensordot(unit.astype(x.dtype), x, axes=1),
+        upd["summed"])
+  return agg, new_cs, metrics
+
+
 @functools.lru_cache(maxsize=64)
 def _cohort_program(algorithm: Algorithm, mesh: Any):
   """jit(vmap(client_update) + weighted aggregation), optionally sharded."""
 
   def local(server_state, client_states, batches, weights, unit, rngs):
-    upd, new_cs, metrics = jax.vmap(
-        algorithm.client_update, in_axes=(None, 0, 0, 0))(
-            server_state, client_states, batches, rngs)
-    agg = {}
-    if "weighted" in upd:
-      agg["weighted"] = jax.tree.map(
-          lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1),
-          upd["weighted"])
-    if "summed" in upd:
-      agg["summed"] = jax.tree.map(
-          lambda x: jnp.tensordot(unit.astype(x.dtype), x, axes=1),
-          upd["summed"])
+    agg, new_cs, metrics = cohort_aggregate(
+        algorithm, server_state, client_states, batches, weights, unit, rngs)
     if mesh is not None:
       agg = jax.lax.psum(agg, AXIS)
     return agg, new_cs, metrics
@@ -122,57 +205,30 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
     weighted mean client loss, the number of client updates and the padding
     efficiency (real example-steps / padded example-steps).
   """
-  clients = cohort.clients[cohort.mask]
-  weights = cohort.weights[cohort.mask]
-  if len(clients) == 0:
-    raise ValueError(f"round {round}: the cohort is empty")
-  if not np.all(np.isfinite(weights)) or weights.sum() <= 0:
-    raise ValueError(f"round {round}: aggregation weights must be finite "
-                     f"and sum to > 0, got {weights}")
+  clients, weights = cohort_members(cohort, round)
   if algorithm.uses_client_state and client_states is None:
     raise ValueError(f"{algorithm.name} needs client_states (one per "
                      "client)")
   if client_states is not None:
     client_states = jax.tree.map(jnp.asarray, client_states)
-  sizes = data.client_sizes()[clients]
-  steps = local_steps(sizes, batch_size, local_epochs)
-  buckets = {}
-  for pos, s in enumerate(steps):
-    buckets.setdefault(_bucket(max(int(s), 1)), []).append(pos)
   ndev = mesh.devices.size if mesh is not None else 1
   base = jax.random.fold_in(jax.random.key(seed), round)
   total = None
   real_rows = padded_rows = 0
   loss_sum = 0.0
   new_states = client_states
-  for s_b, members in sorted(buckets.items()):
-    m = len(members)
-    # Client counts are padded to a power of two (and a multiple of the
-    # device count) so that shapes, and thus compilations, repeat across
-    # rounds; padded clients have no data and weight 0.
-    m_pad = -(-_bucket(m) // ndev) * ndev
-    idx = np.zeros((m_pad, s_b, batch_size), np.int64)
-    row_mask = np.zeros((m_pad, s_b, batch_size), bool)
-    ids = np.zeros(m_pad, np.int64)
-    w = np.zeros(m_pad, np.float32)
-    unit = np.zeros(m_pad, np.float32)
-    for j, pos in enumerate(members):
-      c = int(clients[pos])
-      idx[j], row_mask[j] = client_batch_indices(
-          data, c, steps=s_b, batch_size=batch_size,
-          local_epochs=local_epochs, seed=seed, round=round)
-      ids[j], w[j], unit[j] = c, weights[pos], 1.0
-    batches = {k: np.where(row_mask.reshape(row_mask.shape + (1,) * (
-        np.ndim(v) - 1)), np.asarray(v)[idx], 0)
-               for k, v in data.arrays.items()}
-    batches["example_mask"] = row_mask
-    real_rows += int(row_mask.sum())
-    padded_rows += row_mask.size
+  for bucket in cohort_buckets(data, clients, weights, ndev=ndev,
+                               batch_size=batch_size,
+                               local_epochs=local_epochs):
+    m, ids, w, unit = bucket.size, bucket.ids, bucket.weights, bucket.unit
+    batches = bucket.batches(data, seed=seed, round=round)
+    real_rows += int(batches["example_mask"].sum())
+    padded_rows += batches["example_mask"].size
     rngs = jax.vmap(lambda c: jax.random.fold_in(base, c))(jnp.asarray(ids))
     if client_states is not None:
       cs = jax.tree.map(lambda x: x[ids], client_states)
     else:
-      cs = jnp.zeros((m_pad,))
+      cs = jnp.zeros((len(ids),))
     args = (server_state, cs, batches, w, unit, rngs)
     if mesh is not None:
       shard = jax.sharding.NamedSharding(mesh, P(AXIS))
