@@ -1,6 +1,22 @@
 """Fairness: counterfactual text, group and counterfactual metrics, prediction
 sensitivity, WEAT/CEAT, and gender bias of generated text."""
 
+# Counterfactual text (helper "distill").
+from trustjax.fairness.counterfactual import CounterfactualSwapper
+from trustjax.fairness.counterfactual import female_words
+from trustjax.fairness.counterfactual import load_gender_pairs
+from trustjax.fairness.counterfactual import load_name_pairs
+from trustjax.fairness.counterfactual import male_words
+from trustjax.fairness.counterfactual import token_permutation
+# Generation bias metrics (helper "distill").
+from trustjax.fairness.generation import disparity
+from trustjax.fairness.generation import embedding_polarity
+from trustjax.fairness.generation import evaluate_generations
+from trustjax.fairness.generation import gender_direction
+from trustjax.fairness.generation import group_polarity
+from trustjax.fairness.generation import polarity_labels
+from trustjax.fairness.generation import vader_compound
+from trustjax.fairness.generation import word_polarity_counts
 # Group metrics (helper "fairness").
 from trustjax.fairness.group import BootstrapCI
 from trustjax.fairness.group import GroupMetrics
