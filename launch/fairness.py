@@ -45,6 +45,17 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/fairness", "Output dir.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the workdir.")
 
 
+def _label(model_dir: str) -> str:
+  """A model's name in tables: `<sweep>/<run>` for `<sweep>/<run>/model`
+  (distillation workdirs), else the dir's own name."""
+  d = os.path.normpath(model_dir)
+  if os.path.basename(d) != "model":
+    return os.path.basename(d)
+  run = os.path.dirname(d)
+  return os.path.join(os.path.basename(os.path.dirname(run)),
+                      os.path.basename(run))
+
+
 def _encode(tok, texts, max_len):
   ids = np.zeros((len(texts), max_len), np.int32)
   mask = np.zeros((len(texts), max_len), np.int32)
@@ -198,8 +209,12 @@ def main(argv):
   tests = F.load_weat_tests(data_dir)
   task = build_task(cfg, data_dir)
   rows = []
+  from trustjax.distill.corpus import tokenizer_for_model
+  base_tok = tok
   for d in models:
     model = M.load_gpt2(d)
+    # Distillation models use a corpus-restricted vocabulary (vocab.json).
+    tok = tokenizer_for_model(d, base_tok)
     row = {"model": d}
     for name in cfg.ceat.tests:
       t = tests[name]
@@ -233,7 +248,7 @@ def main(argv):
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     lines.append("| " + " | ".join(
-        os.path.basename(str(r[c])) if c == "model" else f"{r[c]:.4f}"
+        _label(str(r[c])) if c == "model" else f"{r[c]:.4f}"
         for c in cols) + " |")
   lines += ["", "| intrinsic ~ extrinsic | Spearman rho | p |", "|---|---|---|"]
   lines += [f"| {k} | {v['spearman']:.3f} | {v['p_value']:.3f} |"

@@ -128,3 +128,29 @@ def test_gendered_context_ignores_padding():
   with pytest.raises(ValueError, match="method"):
     distill.combine_logprobs(jnp.zeros((1, V)), jnp.zeros((1, V)), PERM,
                              "median")
+
+
+def test_remapped_tokenizer_round_trip(tmp_path):
+  """A distillation model dir's tokenizer speaks its small ids."""
+  import json
+  import numpy as np
+  from trustjax.distill.corpus import CorpusVocab, RemappedTokenizer
+  from trustjax.distill.corpus import tokenizer_for_model
+  from trustjax.models import gpt2_tokenizer
+  base = gpt2_tokenizer()
+  text = "She said he was a doctor."
+  g = base.encode(text).ids
+  vocab = CorpusVocab([50256, -1] + sorted(set(g)))
+  tok = RemappedTokenizer(base, vocab)
+  enc = tok.encode(text)
+  assert max(enc.ids) < len(vocab) and min(enc.ids) >= 2
+  np.testing.assert_array_equal(vocab.to_gpt2(enc.ids), g)
+  assert tok.decode(enc.ids) == text
+  assert tok.encode("zebra quagga").ids.count(1) >= 1   # out of vocab: UNK
+  run = tmp_path / "run"
+  (run / "model").mkdir(parents=True)
+  with open(run / "vocab.json", "w") as f:
+    json.dump({"gpt2_ids": vocab.to_json()}, f)
+  assert isinstance(tokenizer_for_model(str(run / "model"), base),
+                    RemappedTokenizer)
+  assert tokenizer_for_model(str(tmp_path), base) is base

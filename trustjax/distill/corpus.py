@@ -167,6 +167,57 @@ class CorpusVocab:
     return self.gpt2_ids.tolist()
 
 
+class _Encoding:
+  def __init__(self, ids, offsets):
+    self.ids = ids
+    self.offsets = offsets
+
+
+class RemappedTokenizer:
+  """GPT-2's tokenizer speaking a `CorpusVocab`'s small ids.
+
+  For models trained by the distillation job on a restricted vocabulary:
+  `encode(text)` returns an object with `.ids` (small ids; tokens outside
+  the vocabulary become UNK) and GPT-2's `.offsets`; `decode(ids)` maps back
+  to GPT-2 ids (UNK dropped) and decodes.
+  """
+
+  def __init__(self, base, vocab: CorpusVocab):
+    self.base = base
+    self.vocab = vocab
+
+  def encode(self, text: str) -> _Encoding:
+    enc = self.base.encode(text)
+    return _Encoding([int(i) for i in self.vocab.to_local(enc.ids)],
+                     list(enc.offsets))
+
+  def decode(self, ids) -> str:
+    g = self.vocab.to_gpt2(np.asarray(ids, np.int64))
+    return self.base.decode([int(i) for i in g if i >= 0])
+
+
+def tokenizer_for_model(model_dir: str, base=None):
+  """The tokenizer a GPT-2 model dir was trained with.
+
+  A distillation workdir keeps `vocab.json` (the GPT-2 id of each model id)
+  next to `model/`; such models get a `RemappedTokenizer`. Any other dir
+  (e.g. a downloaded HF `gpt2`) gets GPT-2's tokenizer.
+  """
+  import json
+  import os
+  from trustjax.models import gpt2_tokenizer
+  base = base or gpt2_tokenizer()
+  d = os.path.abspath(model_dir.rstrip("/"))
+  for cand in (os.path.join(d, "vocab.json"),
+               os.path.join(os.path.dirname(d), "vocab.json")):
+    if os.path.exists(cand):
+      with open(cand) as f:
+        blob = json.load(f)
+      if isinstance(blob, dict) and "gpt2_ids" in blob:
+        return RemappedTokenizer(base, CorpusVocab(blob["gpt2_ids"]))
+  return base
+
+
 def pack_rows(token_lists: Sequence[Sequence[int]], seq_len: int
               ) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
   """Greedy whole-document packing.
