@@ -573,19 +573,8 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
   import optax
 
   if privacy is None:
-    def step(state, batch, row_mask, key):
-      params, opt_state = state["params"], state["opt_state"]
-
-      def mean_loss(p):
-        per_ex, _ = loss_fn(p, batch, key)
-        w = row_mask.astype(per_ex.dtype)
-        return jnp.dot(per_ex, w) / jnp.maximum(w.sum(), 1.0)
-      loss, grads = jax.value_and_grad(mean_loss)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return {"params": optax.apply_updates(params, updates),
-              "opt_state": opt_state}, {"loss": loss}
-    return jax.jit(step, donate_argnums=(0,))
-
+    raise ValueError("_make_step is the DP step of adaptive / per-layer / "
+                     "multi-device runs; other runs use _hp_step")
   from trustjax.privacy import clipped_grad
   from trustjax.privacy import quantile_clip_update
   dp = config.dp
@@ -700,7 +689,8 @@ def _hp_step(config: ConfigDict, loss_fn, privacy: Privacy | None,
   One model's update with the learning rate, clip norm, noise multiplier and
   expected batch size taken from `hp` (so `vmap` can give each model its
   own). `static_clip`, when all models share one clip norm, is baked in as a
-  constant: ghost clipping needs a concrete C.
+  constant (as a separate run has it), so stacked and separate runs compile
+  the same clipping code.
   """
   import jax
   import jax.numpy as jnp
