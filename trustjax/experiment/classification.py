@@ -1138,7 +1138,6 @@ def _finish(m: _Model, data, predict, steps, train_time, eps) -> dict:
                    accountant=privacy.accountant,
                    sampling="Poisson (accounted as sampled)")
     if config.dp.per_layer:
-      import jax
       leaves = jax.tree.leaves(privacy.clip)
       summary.update(per_layer_clips=len(leaves),
                      per_layer_clip_min=min(leaves),

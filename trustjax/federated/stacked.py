@@ -18,6 +18,7 @@ Algorithms with per-client state (SCAFFOLD) are not stacked.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -31,13 +32,9 @@ from trustjax.federated.rounds import cohort_buckets
 from trustjax.federated.rounds import cohort_members
 from trustjax.federated.selection import Cohort
 
-_PROGRAMS: dict = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _programs(make_algorithm: Callable):
   """Jitted `(bucket step, server update)` over the model axis."""
-  if make_algorithm in _PROGRAMS:
-    return _PROGRAMS[make_algorithm]
 
   def bucket(hp, server_state, batches, weights, unit, rngs):
     alg = make_algorithm(hp)
@@ -49,11 +46,9 @@ def _programs(make_algorithm: Callable):
   def server(hp, server_state, total, num_clients):
     return make_algorithm(hp).server_update(server_state, total, num_clients)
 
-  progs = (jax.jit(jax.vmap(bucket, in_axes=(0, 0, 0, None, None, 0))),
-           jax.jit(jax.vmap(server, in_axes=(0, 0, 0, None)),
-                   static_argnums=(3,)))
-  _PROGRAMS[make_algorithm] = progs
-  return progs
+  return (jax.jit(jax.vmap(bucket, in_axes=(0, 0, 0, None, None, 0))),
+          jax.jit(jax.vmap(server, in_axes=(0, 0, 0, None)),
+                  static_argnums=(3,)))
 
 
 def run_round_stacked(make_algorithm: Callable[[Mapping[str, Any]],

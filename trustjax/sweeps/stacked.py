@@ -185,10 +185,12 @@ def vmap_train(step_fn: Callable, states: Sequence[Any] | Any,
   stacked = shard_models(stacked, mesh)
   hp = shard_models(hp, mesh)
   step = stacked_step(step_fn)
-  base = [jax.random.key(int(s)) for s in seeds]
+  base = jnp.stack([jax.random.key(int(s)) for s in seeds])
+  # One dispatch per step for the K step keys, not K.
+  step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
   for t in range(start_step, num_steps):
     batch, row_mask = gather_models(data, rows, batch_indices, t)
-    keys = jnp.stack([jax.random.fold_in(b, t) for b in base])
+    keys = step_keys(base, t)
     stacked, metrics = step(stacked, hp, shard_models(batch, mesh),
                             shard_models(row_mask, mesh),
                             shard_models(keys, mesh))
