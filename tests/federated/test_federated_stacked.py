@@ -64,7 +64,9 @@ def test_stacked_rounds_equal_separate_simulations(make):
   for i in range(k):
     for a, b in zip(jax.tree.leaves(separate[i]),
                     jax.tree.leaves(jax.tree.map(lambda x: x[i], states))):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      # Server Adam divides by sqrt(v) of small second moments, which
+      # amplifies float-order differences between the two programs.
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # The models really differ (a test that cannot tell them apart is moot).
   assert not np.allclose(states["params"]["w"][0], states["params"]["w"][1])
 

@@ -19,6 +19,7 @@ from trustjax.federated.rounds import client_batch_indices
 from trustjax.federated.rounds import local_steps
 from trustjax.federated.rounds import make_client_mesh
 from trustjax.federated.rounds import run_round
+from trustjax.federated.rounds import RowSparse
 from trustjax.federated.dp_fedavg import dp_fedavg
 from trustjax.federated.dp_fedavg import DPFedAvgConfig
 from trustjax.federated.dp_fedavg import poisson_cohort

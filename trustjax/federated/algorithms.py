@@ -9,7 +9,9 @@ An `Algorithm` is `(server_init, client_update, server_update)`:
   batch has no real row leave the model unchanged, so clients of different
   sizes can share one padded shape. `update` is a pytree the server
   aggregates (a weighted sum over the cohort).
-* `server_update(server_state, aggregate, num_clients) -> server_state`.
+* `server_update(server_state, aggregate, num_clients) -> server_state`
+  (jitted by `run_round`: `num_clients`, the cohort's number of real
+  clients, arrives as a traced int32 scalar).
 
 Client-side optimisation is plain SGD with `client_lr` on the masked mean of
 per-example losses (`loss_fn(params, batch, rng) -> (per_example[B], aux)`).
@@ -34,6 +36,10 @@ class Algorithm(NamedTuple):
   server_update: Callable
   uses_client_state: bool = False
   name: str = ""
+  # True when a parameter row no example looks up is left unchanged by
+  # client_update and contributes a zero update (FedAvg family): then the
+  # round may train each client on its own embedding rows (rounds.RowSparse).
+  row_sparse_safe: bool = False
 
 
 def _traced(x) -> bool:
@@ -108,7 +114,8 @@ def fedavg(loss_fn, *, client_lr: float, server_lr: float = 1.0,
                                    aggregate["weighted"])}
 
   return Algorithm(server_init, client_update, server_update,
-                   name="fedprox" if _traced(prox_mu) or prox_mu else "fedavg")
+                   name="fedprox" if _traced(prox_mu) or prox_mu else "fedavg",
+                   row_sparse_safe=True)
 
 
 def fedprox(loss_fn, *, client_lr: float, mu: float,
@@ -136,7 +143,7 @@ def fedopt(loss_fn, *, client_lr: float,
             "opt_state": opt_state}
 
   return Algorithm(server_init, base.client_update, server_update,
-                   name="fedopt")
+                   name="fedopt", row_sparse_safe=True)
 
 
 def scaffold(loss_fn, *, client_lr: float, server_lr: float = 1.0,

@@ -160,5 +160,7 @@ def dp_fedavg(loss_fn, config: DPFedAvgConfig, *, client_lr: float,
             "round": server_state["round"] + 1,
             "noise_key": server_state["noise_key"]}
 
+  # Client-level clipping uses the norm of the whole delta, which rows
+  # outside the client's ids do not change (they are zero).
   return Algorithm(server_init, client_update, server_update,
-                   name="dp_fedavg")
+                   name="dp_fedavg", row_sparse_safe=True)

@@ -8,6 +8,26 @@ steps, so padding stays low and shapes repeat across rounds), runs
 Every random choice is a function of (seed, round, client): a rerun is
 bit-identical and 1 device gives the result of 8 (up to float summation
 order).
+
+Row-sparse embeddings (`run_round(..., row_sparse=RowSparse(...))`). A client
+only touches the embedding rows of the token ids it holds: with the
+FedAvg family (FedAvg, FedProx, FedOpt, DP-FedAvg) every other row has zero
+gradient at every local step (FedProx's term mu (w - w_global) is zero
+there too), so its update is exactly zero. Vectorised over clients, the
+dense path still materialises, per client and per step, a full
+[vocab, d] gradient and update: 128 clients x 8192 x 64 floats is 268 MB
+per step, which leaves the cache and makes the vectorised round memory-bound
+(measured slower than a per-client loop). With `row_sparse`, each client
+trains on its own rows only: the host lists the distinct ids of the client's
+batches (padded to a power of two, U), the ids are renumbered 0..U-1, the
+program gathers the client's [U, d] rows of the global table, runs the
+unchanged `client_update` on them, and the weighted updates are scatter-added
+into the [vocab, d] aggregate. The result equals the dense path up to float
+summation order (tests hold it to 1e-5). It is exact only when the parameter
+is used solely through lookups by `batch[ids]` (not tied to an output
+layer, no weight decay) and the algorithm leaves untouched rows unchanged;
+`Algorithm.row_sparse_safe` says so and SCAFFOLD (whose control variates move
+every row) is refused.
 """
 
 from __future__ import annotations
@@ -68,12 +88,74 @@ def _bucket(steps: int) -> int:
   return 1 if steps <= 1 else 1 << (int(steps) - 1).bit_length()
 
 
+class RowSparse(NamedTuple):
+  """A parameter used only through row lookups by one integer batch input.
+
+  `param`: its path in the params tree, e.g. `("token_embed", "embedding")`
+  for `trustjax.models.BagOfEmbeddings` and `TransformerClassifier`; `ids`:
+  the batch key holding the row ids (`int[..]`, padding rows included). See
+  the module docstring for when this is exact.
+  """
+  param: tuple[str, ...]
+  ids: str = "ids"
+
+
+def _names(path) -> tuple[str, ...]:
+  out = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+  while out and out[-1] == "value":   # nnx.Variable's payload
+    out.pop()
+  return tuple(out)
+
+
+def _matches(path, param: tuple[str, ...]) -> bool:
+  names = _names(path)
+  return len(names) >= len(param) and names[-len(param):] == tuple(param)
+
+
+def row_sparse_rows(params: Any, spec: RowSparse) -> int:
+  """Number of rows of the row-sparse parameter; ValueError if it is not
+  exactly one 2-D leaf of `params`."""
+  found = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
+      params)[0] if _matches(path, spec.param)]
+  if len(found) != 1 or jnp.ndim(found[0]) != 2:
+    raise ValueError(
+        f"row_sparse.param={spec.param}: expected exactly one 2-D parameter "
+        f"at that path, found {[jnp.shape(f) for f in found]}")
+  return int(jnp.shape(found[0])[0])
+
+
+def _gather_rows(tree, spec: RowSparse, rows):
+  """`tree` with the row-sparse leaf replaced by its rows `rows[U]`
+  (out-of-range slots read zeros)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: (jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
+                       if _matches(path, spec.param) else x), tree)
+
+
+def _scatter_sum(x, coef, rows, num_rows: int):
+  """sum_i coef_i * x_i scattered to rows_i: x [m, U, d] -> [num_rows, d]
+  (out-of-range slots dropped)."""
+  w = coef.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) * x
+  return jnp.zeros((num_rows,) + x.shape[2:], x.dtype).at[
+      rows.reshape(-1)].add(w.reshape((-1,) + x.shape[2:]), mode="drop")
+
+
 class Bucket(NamedTuple):
-  """Clients of a cohort that share a padded number of local steps.
+  """Clients of a cohort that share padded local steps and batch rows.
 
   `ids`, `weights`, `unit` have length `m_pad` (a power of two, a multiple
   of the device count); rows `size:` are padding clients with no data and
-  weight 0. `steps` is the bucket's padded number of local steps.
+  weight 0. `steps` is the bucket's padded number of local steps and
+  `rows` its batch rows: `batch_size`, or for clients with fewer than
+  `batch_size` examples (whose every batch holds all of them) the power of
+  two at or above their size. The masked-mean loss of a batch does not
+  depend on its number of padding rows, so this changes nothing but the
+  work (for heavy-tailed populations most clients are small).
   """
   steps: int
   size: int
@@ -82,18 +164,21 @@ class Bucket(NamedTuple):
   unit: np.ndarray
   batch_size: int
   local_epochs: int
+  rows: int
 
   def batches(self, data: FederatedData, *, seed: int, round: int
               ) -> dict[str, np.ndarray]:
-    """`{name: [m_pad, steps, b, ...]}` plus "example_mask" for `seed`."""
+    """`{name: [m_pad, steps, rows, ...]}` plus "example_mask" for `seed`.
+    """
     m_pad = len(self.ids)
-    idx = np.zeros((m_pad, self.steps, self.batch_size), np.int64)
-    row_mask = np.zeros((m_pad, self.steps, self.batch_size), bool)
+    idx = np.zeros((m_pad, self.steps, self.rows), np.int64)
+    row_mask = np.zeros((m_pad, self.steps, self.rows), bool)
     for j in range(self.size):
-      idx[j], row_mask[j] = client_batch_indices(
+      i, mk = client_batch_indices(
           data, int(self.ids[j]), steps=self.steps,
           batch_size=self.batch_size, local_epochs=self.local_epochs,
           seed=seed, round=round)
+      idx[j], row_mask[j] = i[:, :self.rows], mk[:, :self.rows]
     out = {k: np.where(row_mask.reshape(row_mask.shape + (1,) * (
         np.ndim(v) - 1)), np.asarray(v)[idx], 0)
            for k, v in data.arrays.items()}
@@ -101,28 +186,103 @@ class Bucket(NamedTuple):
     return out
 
 
+def _bucket_key(size: int, batch_size: int, local_epochs: int
+                ) -> tuple[int, int]:
+  """(padded local steps, batch rows) of a client with `size` examples."""
+  steps = int(local_steps(np.array([size]), batch_size, local_epochs)[0])
+  rows = batch_size if size >= batch_size else min(_bucket(max(size, 1)),
+                                                   batch_size)
+  return _bucket(max(steps, 1)), rows
+
+
+def distinct_ids(data: FederatedData, key: str) -> np.ndarray:
+  """int64[num_clients]: distinct values of `data.arrays[key]` per client
+  (cached on `data`, a frozen dataclass whose arrays do not change; the
+  cache is written to its __dict__ directly)."""
+  cache = data.__dict__.setdefault("_distinct_ids", {})
+  if key not in cache:
+    arr = np.asarray(data.arrays[key])
+    cache[key] = np.array(
+        [len(np.unique(arr[data.client_indices(c)]))
+         for c in range(data.num_clients)], np.int64)
+  return cache[key]
+
+
+def row_budget(data: FederatedData, spec: RowSparse, *, batch_size: int,
+               local_epochs: int) -> dict[tuple[int, int], int]:
+  """{(steps, rows): U}: embedding rows per client for each bucket, the
+  power of two at or above the most distinct ids (+1 for padding id 0) of
+  any client of the population in that bucket, so that a bucket's shape is
+  the same in every round (fewer compilations). Cached on `data`."""
+  cache = data.__dict__.setdefault("_row_budget", {})
+  ck = (spec.ids, batch_size, local_epochs)
+  if ck not in cache:
+    count = distinct_ids(data, spec.ids) + 1
+    out, keys = {}, {}
+    for size, c in zip(data.client_sizes().tolist(), count.tolist()):
+      if size not in keys:
+        keys[size] = _bucket_key(size, batch_size, local_epochs)
+      out[keys[size]] = max(out.get(keys[size], 1), c)
+    cache[ck] = {k: _bucket(v) for k, v in out.items()}
+  return cache[ck]
+
+
+def compact_rows(batches: dict[str, np.ndarray], spec: RowSparse,
+                 num_rows: int, budget: int | None = None
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+  """Renumbers each client's ids to its own distinct rows.
+
+  Returns `(batches', rows int32[m, U])` where `batches'[spec.ids]` holds,
+  per client, indices into its `rows`. U is `budget` (see `row_budget`)
+  or else the power of two at or above the largest number of distinct ids
+  of a client; unused slots hold `num_rows`, which the program reads as
+  zeros and drops when aggregating. Returns `(batches, None)` when U would
+  exceed num_rows / 2, where the dense path is as cheap.
+  """
+  ids = np.asarray(batches[spec.ids])
+  if ids.size and (ids.min() < 0 or ids.max() >= num_rows):
+    raise ValueError(f"batch[{spec.ids!r}] holds ids outside [0, {num_rows}) "
+                     f"of the row-sparse parameter {spec.param}")
+  m = ids.shape[0]
+  uniq = [np.unique(ids[j]) for j in range(m)]
+  need = max(len(x) for x in uniq)
+  u = _bucket(need) if budget is None or budget < need else int(budget)
+  if 2 * u > num_rows:
+    return batches, None
+  rows = np.full((m, u), num_rows, np.int32)
+  local = np.empty(ids.shape, np.int32)
+  for j in range(m):
+    rows[j, :len(uniq[j])] = uniq[j]
+    local[j] = np.searchsorted(uniq[j], ids[j])
+  return {**batches, spec.ids: local}, rows
+
+
 def cohort_buckets(data: FederatedData, clients: np.ndarray,
                    weights: np.ndarray, *, ndev: int, batch_size: int,
-                   local_epochs: int) -> list[Bucket]:
-  """The cohort's clients grouped by padded local steps (ascending)."""
+                   local_epochs: int, min_clients: int = 1) -> list[Bucket]:
+  """The cohort's clients grouped by (padded local steps, batch rows),
+  ascending; each bucket is padded to at least `min_clients` clients."""
   sizes = data.client_sizes()[clients]
-  steps = local_steps(sizes, batch_size, local_epochs)
   groups = {}
-  for pos, s in enumerate(steps):
-    groups.setdefault(_bucket(max(int(s), 1)), []).append(pos)
+  keys = {}
+  for pos, n in enumerate(sizes):
+    n = int(n)
+    if n not in keys:
+      keys[n] = _bucket_key(n, batch_size, local_epochs)
+    groups.setdefault(keys[n], []).append(pos)
   out = []
-  for s_b, members in sorted(groups.items()):
+  for (s_b, rows), members in sorted(groups.items()):
     m = len(members)
     # Client counts are padded to a power of two (and a multiple of the
     # device count) so that shapes, and thus compilations, repeat across
     # rounds; padded clients have no data and weight 0.
-    m_pad = -(-_bucket(m) // ndev) * ndev
+    m_pad = -(-max(_bucket(m), min_clients) // ndev) * ndev
     ids = np.zeros(m_pad, np.int64)
     w = np.zeros(m_pad, np.float32)
     unit = np.zeros(m_pad, np.float32)
     for j, pos in enumerate(members):
       ids[j], w[j], unit[j] = int(clients[pos]), weights[pos], 1.0
-    out.append(Bucket(s_b, m, ids, w, unit, batch_size, local_epochs))
+    out.append(Bucket(s_b, m, ids, w, unit, batch_size, local_epochs, rows))
   return out
 
 
@@ -140,54 +300,95 @@ def cohort_members(cohort: Cohort, round: int
 
 
 def cohort_aggregate(algorithm: Algorithm, server_state, client_states,
-                     batches, weights, unit, rngs):
+                     batches, weights, unit, rngs, rows=None,
+                     row_sparse: RowSparse | None = None):
   """`vmap(client_update)` over a bucket's clients and their aggregate.
 
   Returns `({"weighted": sum_i w_i u_i, "summed": sum_i unit_i s_i},
   new_client_states, metrics)`; sums are contractions over the client axis.
+  With `rows` (int[m, U], from `compact_rows`) and `row_sparse`, client i
+  trains on rows `rows[i]` of the row-sparse parameter and its updates to
+  that parameter are scatter-added into the full table.
   """
-  upd, new_cs, metrics = jax.vmap(
-      algorithm.client_update, in_axes=(None, 0, 0, 0))(
-          server_state, client_states, batches, rngs)
+  if rows is None:
+    upd, new_cs, metrics = jax.vmap(
+        algorithm.client_update, in_axes=(None, 0, 0, 0))(
+            server_state, client_states, batches, rngs)
+  else:
+    def one(cs, batch, rng, rows_i):
+      state = dict(server_state)
+      state["params"] = _gather_rows(server_state["params"], row_sparse,
+                                     rows_i)
+      return algorithm.client_update(state, cs, batch, rng)
+    upd, new_cs, metrics = jax.vmap(one)(client_states, batches, rngs, rows)
+    num_rows = row_sparse_rows(server_state["params"], row_sparse)
+
+  def reduce(coef):
+    def f(path, x):
+      if rows is not None and _matches(path, row_sparse.param):
+        return _scatter_sum(x, coef, rows, num_rows)
+      return jnp.tensordot(coef.astype(x.dtype), x, axes=1)
+    return f
+
   agg = {}
   if "weighted" in upd:
-    agg["weighted"] = jax.tree.map(
-        lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1),
-        upd["weighted"])
+    agg["weighted"] = jax.tree_util.tree_map_with_path(
+        reduce(weights), upd["weighted"])
   if "summed" in upd:
-    agg["summed"] = jax.tree.map(
-        lambda x: jnp.tensordot(unit.astype(x.dtype), x, axes=1),
-        upd["summed"])
+    agg["summed"] = jax.tree_util.tree_map_with_path(
+        reduce(unit), upd["summed"])
   return agg, new_cs, metrics
 
 
 @functools.lru_cache(maxsize=64)
-def _cohort_program(algorithm: Algorithm, mesh: Any):
-  """jit(vmap(client_update) + weighted aggregation), optionally sharded."""
+def _cohort_program(algorithm: Algorithm, mesh: Any,
+                    row_sparse: RowSparse | None = None):
+  """jit(vmap(client_update) + weighted aggregation), optionally sharded.
 
-  def local(server_state, client_states, batches, weights, unit, rngs):
+  `(server_state, client_states, batches, weights, unit, ids, key[, rows])
+  -> (aggregate, sum_i w_i loss_i, new_client_states)`; client i's key is
+  `fold_in(key, ids[i])`. With `row_sparse`, the clients' rows come last.
+  """
+
+  def local(server_state, client_states, batches, weights, unit, ids, key,
+            rows=None):
+    rngs = jax.vmap(lambda c: jax.random.fold_in(key, c))(ids)
     agg, new_cs, metrics = cohort_aggregate(
-        algorithm, server_state, client_states, batches, weights, unit, rngs)
+        algorithm, server_state, client_states, batches, weights, unit, rngs,
+        rows, row_sparse)
+    loss = jnp.dot(metrics["loss"].astype(jnp.float32), weights)
     if mesh is not None:
-      agg = jax.lax.psum(agg, AXIS)
-    return agg, new_cs, metrics
+      agg, loss = jax.lax.psum((agg, loss), AXIS)
+    return agg, loss, new_cs
 
   if mesh is None:
     return jax.jit(local)
+  specs = (P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P())
+  if row_sparse is not None:
+    specs += (P(AXIS),)
   sharded = jax.shard_map(
-      local, mesh=mesh,
-      in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(AXIS)),
-      out_specs=(P(), P(AXIS), P(AXIS)),
+      local, mesh=mesh, in_specs=specs, out_specs=(P(), P(), P(AXIS)),
       # Client code is written for one device (scan carries start
       # replicated); the psum above makes the aggregate replicated.
       check_vma=False)
   return jax.jit(sharded)
 
 
+@jax.jit
+def _tree_add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+@functools.lru_cache(maxsize=64)
+def _server_program(algorithm: Algorithm):
+  return jax.jit(algorithm.server_update)
+
+
 def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
               cohort: Cohort, *, batch_size: int, local_epochs: int,
               seed: int, round: int, client_states: Any = None,
-              mesh: jax.sharding.Mesh | None = None):
+              mesh: jax.sharding.Mesh | None = None,
+              row_sparse: RowSparse | None = None):
   """One round: local training of the cohort, aggregation, server update.
 
   Args:
@@ -199,6 +400,10 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
     client_states: for algorithms with client state (SCAFFOLD), a pytree
       with leading axis num_clients; returned updated for the cohort.
     mesh: a 1-D mesh with axis "clients" to shard the cohort over devices.
+    row_sparse: train each client on the embedding rows of its own ids
+      only (see the module docstring; same result, much less memory
+      traffic for large embedding tables). Refused for algorithms whose
+      `row_sparse_safe` is False.
 
   Returns:
     (server_state, client_states, metrics) where metrics holds the
@@ -211,39 +416,62 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
                      "client)")
   if client_states is not None:
     client_states = jax.tree.map(jnp.asarray, client_states)
+  num_rows = None
+  if row_sparse is not None:
+    if not algorithm.row_sparse_safe:
+      raise ValueError(
+          f"row_sparse: {algorithm.name or 'this algorithm'} may change "
+          "embedding rows a client never looks up (e.g. SCAFFOLD's control "
+          "variates), so training on the client's rows only would differ; "
+          "run it with row_sparse=None")
+    num_rows = row_sparse_rows(server_state["params"], row_sparse)
+    budget = row_budget(data, row_sparse, batch_size=batch_size,
+                        local_epochs=local_epochs)
   ndev = mesh.devices.size if mesh is not None else 1
   base = jax.random.fold_in(jax.random.key(seed), round)
-  total = None
+  total = loss_sum = None
   real_rows = padded_rows = 0
-  loss_sum = 0.0
   new_states = client_states
+  # With row_sparse a padding client costs little, so small buckets are
+  # padded to 8 clients: fewer distinct shapes, fewer compilations.
   for bucket in cohort_buckets(data, clients, weights, ndev=ndev,
                                batch_size=batch_size,
-                               local_epochs=local_epochs):
+                               local_epochs=local_epochs,
+                               min_clients=8 if row_sparse else 1):
     m, ids, w, unit = bucket.size, bucket.ids, bucket.weights, bucket.unit
     batches = bucket.batches(data, seed=seed, round=round)
     real_rows += int(batches["example_mask"].sum())
     padded_rows += batches["example_mask"].size
-    rngs = jax.vmap(lambda c: jax.random.fold_in(base, c))(jnp.asarray(ids))
+    rows = None
+    if row_sparse is not None:
+      batches, rows = compact_rows(batches, row_sparse, num_rows,
+                                   budget.get((bucket.steps, bucket.rows)))
     if client_states is not None:
       cs = jax.tree.map(lambda x: x[ids], client_states)
     else:
-      cs = jnp.zeros((len(ids),))
-    args = (server_state, cs, batches, w, unit, rngs)
+      cs = np.zeros((len(ids),), np.float32)
+    args = (server_state, cs, batches, w, unit, ids.astype(np.int32), base)
+    if rows is not None:
+      args += (rows,)
     if mesh is not None:
       shard = jax.sharding.NamedSharding(mesh, P(AXIS))
-      args = (jax.device_put(server_state,
-                             jax.sharding.NamedSharding(mesh, P())),
-              *jax.device_put(args[1:], shard))
-    agg, cs_new, metrics = _cohort_program(algorithm, mesh)(*args)
-    loss_sum += float(np.dot(np.asarray(metrics["loss"]), w))
-    total = agg if total is None else jax.tree.map(jnp.add, total, agg)
+      rep = jax.sharding.NamedSharding(mesh, P())
+      args = (jax.device_put(server_state, rep),
+              *jax.device_put(args[1:6], shard), jax.device_put(base, rep),
+              *jax.device_put(args[7:], shard))
+    agg, loss, cs_new = _cohort_program(
+        algorithm, mesh, row_sparse if rows is not None else None)(*args)
+    if total is None:
+      total, loss_sum = agg, loss
+    else:
+      total, loss_sum = _tree_add((total, loss_sum), (agg, loss))
     if client_states is not None:
       real = ids[:m]
       new_states = jax.tree.map(
           lambda all_, new: all_.at[real].set(new[:m]), new_states, cs_new)
-  server_state = algorithm.server_update(server_state, total, len(clients))
-  metrics = {"client_loss": loss_sum / float(weights.sum()),
+  server_state = _server_program(algorithm)(
+      server_state, total, jnp.asarray(len(clients), jnp.int32))
+  metrics = {"client_loss": float(loss_sum) / float(weights.sum()),
              "clients": int(len(clients)),
              "padding_efficiency": real_rows / max(padded_rows, 1)}
   return server_state, new_states, metrics
