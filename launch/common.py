@@ -2,9 +2,11 @@
 
 import sys
 
+from absl import flags
 from absl import logging
 
 from trustjax.experiment import classification
+from trustjax.experiment import multihost
 
 
 class _DropRdpConvergence:
@@ -21,6 +23,42 @@ def quiet_logs() -> None:
   convergence warnings out of the job's output."""
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_logger().addFilter(_DropRdpConvergence())
+
+
+_MULTIHOST_FLAGS = {}
+
+
+def define_multihost_flags() -> None:
+  """Defines --coordinator_address/--num_processes/--process_id/--multihost
+  for a launch script whose job runs on many hosts; call at import time,
+  then `init_distributed()` first thing in `main` (see
+  trustjax/experiment/multihost.py for what to run on a cluster)."""
+  if _MULTIHOST_FLAGS:
+    return
+  _MULTIHOST_FLAGS.update(
+      coordinator_address=flags.DEFINE_string(
+          "coordinator_address", None, "host:port of process 0 of a "
+          "multi-host job (or JAX_COORDINATOR_ADDRESS)."),
+      num_processes=flags.DEFINE_integer(
+          "num_processes", None, "Processes in the multi-host job (or "
+          "JAX_NUM_PROCESSES)."),
+      process_id=flags.DEFINE_integer(
+          "process_id", None, "This process's id in [0, num_processes) (or "
+          "JAX_PROCESS_ID)."),
+      auto=flags.DEFINE_bool(
+          "multihost", False, "Join a multi-host job whose coordinator, size "
+          "and process id JAX detects (SLURM, Open MPI, Cloud TPU)."))
+
+
+def init_distributed() -> bool:
+  """Joins the multi-host job named by the flags (if defined) or the JAX_*
+  variables; a no-op returning False for a single-process run. Call before
+  any JAX computation. Bad settings exit with one clear message."""
+  values = {k: v.value for k, v in _MULTIHOST_FLAGS.items()}
+  try:
+    return multihost.initialize(**values)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
 
 
 def run_classification(config, workdir: str, overwrite: bool,

@@ -127,3 +127,29 @@ def test_row_sparse_refusals():
                  row_sparse=fl.RowSparse(("nope", "embedding")), **kw)
   with pytest.raises(ValueError, match="outside"):
     fl.rounds.compact_rows({"ids": np.array([[[V + 1]]])}, SPEC, V)
+
+
+def test_stacked_row_sparse_equals_separate_dense_runs():
+  from trustjax import sweeps
+  data, params, loss_fn = _problem(seed=6)
+
+  def make(hp):
+    return fl.fedavg(loss_fn, client_lr=hp["client_lr"], prox_mu=hp["mu"])
+  hps = [{"client_lr": 0.5, "mu": 0.0}, {"client_lr": 0.2, "mu": 0.3}]
+  seeds = [1, 5]
+  states = sweeps.stack([make(h).server_init(params) for h in hps])
+  hp = {k: np.array([h[k] for h in hps], np.float32) for k in hps[0]}
+  separate = [make(h).server_init(params) for h in hps]
+  for rnd in range(1):
+    cohort = fl.select_clients(data.client_sizes(), 6, round=rnd, seed=2)
+    states, _ = fl.run_round_stacked(make, hp, states, data, cohort,
+                                     batch_size=4, local_epochs=2,
+                                     seeds=seeds, round=rnd, row_sparse=SPEC)
+    for i, h in enumerate(hps):
+      separate[i], _, _ = fl.run_round(make(h), separate[i], data, cohort,
+                                       batch_size=4, local_epochs=2,
+                                       seed=seeds[i], round=rnd)
+  for i in range(len(hps)):
+    for a, b in zip(jax.tree.leaves(separate[i]),
+                    jax.tree.leaves(jax.tree.map(lambda x: x[i], states))):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

@@ -44,6 +44,10 @@ from jax.sharding import PartitionSpec as P
 from trustjax.federated.algorithms import Algorithm
 from trustjax.federated.data import FederatedData
 from trustjax.federated.selection import Cohort
+from trustjax.privacy.distributed import process_rows
+from trustjax.privacy.distributed import shard_global
+from trustjax.privacy.distributed import shard_process_local
+from trustjax.privacy.distributed import to_host
 
 AXIS = "clients"
 
@@ -166,19 +170,25 @@ class Bucket(NamedTuple):
   local_epochs: int
   rows: int
 
-  def batches(self, data: FederatedData, *, seed: int, round: int
-              ) -> dict[str, np.ndarray]:
+  def batches(self, data: FederatedData, *, seed: int, round: int,
+              slots: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """`{name: [m_pad, steps, rows, ...]}` plus "example_mask" for `seed`.
+
+    `slots` (sorted client positions in [0, m_pad), default all): build only
+    those clients, `[len(slots), steps, rows, ...]` (on many hosts: the
+    clients of this process's devices, `process_rows(m_pad, mesh, AXIS)`).
     """
-    m_pad = len(self.ids)
-    idx = np.zeros((m_pad, self.steps, self.rows), np.int64)
-    row_mask = np.zeros((m_pad, self.steps, self.rows), bool)
-    for j in range(self.size):
+    slots = np.arange(len(self.ids)) if slots is None else np.asarray(slots)
+    idx = np.zeros((len(slots), self.steps, self.rows), np.int64)
+    row_mask = np.zeros((len(slots), self.steps, self.rows), bool)
+    for r, j in enumerate(slots):
+      if j >= self.size:
+        continue
       i, mk = client_batch_indices(
           data, int(self.ids[j]), steps=self.steps,
           batch_size=self.batch_size, local_epochs=self.local_epochs,
           seed=seed, round=round)
-      idx[j], row_mask[j] = i[:, :self.rows], mk[:, :self.rows]
+      idx[r], row_mask[r] = i[:, :self.rows], mk[:, :self.rows]
     out = {k: np.where(row_mask.reshape(row_mask.shape + (1,) * (
         np.ndim(v) - 1)), np.asarray(v)[idx], 0)
            for k, v in data.arrays.items()}
@@ -439,9 +449,12 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
                                local_epochs=local_epochs,
                                min_clients=8 if row_sparse else 1):
     m, ids, w, unit = bucket.size, bucket.ids, bucket.weights, bucket.unit
-    batches = bucket.batches(data, seed=seed, round=round)
-    real_rows += int(batches["example_mask"].sum())
-    padded_rows += batches["example_mask"].size
+    # On many hosts each process builds only its own devices' clients.
+    slots = None if mesh is None else process_rows(len(ids), mesh, AXIS)
+    batches = bucket.batches(data, seed=seed, round=round, slots=slots)
+    # Each local epoch visits each of a client's examples once.
+    real_rows += local_epochs * int(data.client_sizes()[ids[:m]].sum())
+    padded_rows += len(ids) * bucket.steps * bucket.rows
     rows = None
     if row_sparse is not None:
       batches, rows = compact_rows(batches, row_sparse, num_rows,
@@ -454,11 +467,14 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
     if rows is not None:
       args += (rows,)
     if mesh is not None:
-      shard = jax.sharding.NamedSharding(mesh, P(AXIS))
-      rep = jax.sharding.NamedSharding(mesh, P())
-      args = (jax.device_put(server_state, rep),
-              *jax.device_put(args[1:6], shard), jax.device_put(base, rep),
-              *jax.device_put(args[7:], shard))
+      # Values every process holds in full (server state, client states,
+      # weights, ids, key) are cut per device on each host; the batches (and
+      # rows) are this process's part only. One or many processes alike.
+      local = shard_process_local((batches,) + args[7:], mesh, AXIS)
+      args = (shard_global(server_state, mesh, P()),
+              shard_global(cs, mesh, P(AXIS)), local[0],
+              *shard_global(args[3:6], mesh, P(AXIS)),
+              shard_global(base, mesh, P()), *local[1:])
     agg, loss, cs_new = _cohort_program(
         algorithm, mesh, row_sparse if rows is not None else None)(*args)
     if total is None:
@@ -468,7 +484,8 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
     if client_states is not None:
       real = ids[:m]
       new_states = jax.tree.map(
-          lambda all_, new: all_.at[real].set(new[:m]), new_states, cs_new)
+          lambda all_, new: all_.at[real].set(jnp.asarray(new[:m])),
+          new_states, to_host(cs_new))
   server_state = _server_program(algorithm)(
       server_state, total, jnp.asarray(len(clients), jnp.int32))
   metrics = {"client_loss": float(loss_sum) / float(weights.sum()),

@@ -30,23 +30,30 @@ from trustjax.federated.data import FederatedData
 from trustjax.federated.rounds import cohort_aggregate
 from trustjax.federated.rounds import cohort_buckets
 from trustjax.federated.rounds import cohort_members
+from trustjax.federated.rounds import compact_rows
+from trustjax.federated.rounds import row_budget
+from trustjax.federated.rounds import row_sparse_rows
+from trustjax.federated.rounds import RowSparse
 from trustjax.federated.selection import Cohort
 
 @functools.lru_cache(maxsize=64)
-def _programs(make_algorithm: Callable):
-  """Jitted `(bucket step, server update)` over the model axis."""
+def _programs(make_algorithm: Callable, row_sparse: RowSparse | None = None):
+  """Jitted `(bucket step, server update)` over the model axis; with
+  `row_sparse` the bucket step takes the clients' rows (shared by the K
+  models: the same clients hold the same ids) as a last argument."""
 
-  def bucket(hp, server_state, batches, weights, unit, rngs):
+  def bucket(hp, server_state, batches, weights, unit, rngs, rows=None):
     alg = make_algorithm(hp)
     cs = jnp.zeros((weights.shape[0],))
     agg, _, metrics = cohort_aggregate(alg, server_state, cs, batches,
-                                       weights, unit, rngs)
+                                       weights, unit, rngs, rows, row_sparse)
     return agg, jnp.dot(metrics["loss"], weights)
 
   def server(hp, server_state, total, num_clients):
     return make_algorithm(hp).server_update(server_state, total, num_clients)
 
-  return (jax.jit(jax.vmap(bucket, in_axes=(0, 0, 0, None, None, 0))),
+  axes = (0, 0, 0, None, None, 0) + ((None,) if row_sparse else ())
+  return (jax.jit(jax.vmap(bucket, in_axes=axes)),
           jax.jit(jax.vmap(server, in_axes=(0, 0, 0, None)),
                   static_argnums=(3,)))
 
@@ -56,7 +63,8 @@ def run_round_stacked(make_algorithm: Callable[[Mapping[str, Any]],
                       hparams: Mapping[str, Any], server_states: Any,
                       data: FederatedData, cohort: Cohort, *,
                       batch_size: int, local_epochs: int,
-                      seeds: Sequence[int], round: int):
+                      seeds: Sequence[int], round: int,
+                      row_sparse: RowSparse | None = None):
   """One round of K stacked simulations on a shared cohort.
 
   Args:
@@ -70,6 +78,8 @@ def run_round_stacked(make_algorithm: Callable[[Mapping[str, Any]],
     data, cohort, batch_size, local_epochs, round: as in `run_round`.
     seeds: one per model: local data order and client RNG keys, as `seed` of
       `run_round`.
+    row_sparse: as in `run_round` (each client trains on its own embedding
+      rows); the algorithm must be `row_sparse_safe`.
 
   Returns:
     `(server_states [K, ...], metrics)`; metrics["client_loss"] is float[K]
@@ -84,27 +94,45 @@ def run_round_stacked(make_algorithm: Callable[[Mapping[str, Any]],
                      f"number of models: {sorted(sizes)} vs {len(seeds)}")
   k = len(seeds)
   clients, weights = cohort_members(cohort, round)
-  bucket_fn, server_fn = _programs(make_algorithm)
   probe = make_algorithm({n: 1.0 for n in hp})
   if probe.uses_client_state:
     raise ValueError(f"{probe.name} keeps per-client state and cannot be "
                      "stacked; run its simulations separately")
+  if row_sparse is not None:
+    if not probe.row_sparse_safe:
+      raise ValueError(f"row_sparse: {probe.name} is not row_sparse_safe")
+    num_rows = row_sparse_rows(
+        jax.tree.map(lambda x: x[0], server_states["params"]), row_sparse)
+    budget = row_budget(data, row_sparse, batch_size=batch_size,
+                        local_epochs=local_epochs)
   total = None
   loss = np.zeros(k)
   for bucket in cohort_buckets(data, clients, weights, ndev=1,
                                batch_size=batch_size,
                                local_epochs=local_epochs):
     per_model = [bucket.batches(data, seed=s, round=round) for s in seeds]
+    rows = None
+    if row_sparse is not None:
+      compacted = [compact_rows(b, row_sparse, num_rows,
+                                budget.get((bucket.steps, bucket.rows)))
+                   for b in per_model]
+      rows = compacted[0][1]
+      if rows is not None:
+        per_model = [b for b, _ in compacted]
     batches = {name: np.stack([b[name] for b in per_model])
                for name in per_model[0]}
     ids = jnp.asarray(bucket.ids)
     rngs = jnp.stack([
         jax.vmap(lambda c, b=jax.random.fold_in(jax.random.key(s), round):
                  jax.random.fold_in(b, c))(ids) for s in seeds])
+    bucket_fn = _programs(make_algorithm,
+                          row_sparse if rows is not None else None)[0]
+    extra = (rows,) if rows is not None else ()
     agg, lsum = bucket_fn(hp, server_states, batches, bucket.weights,
-                          bucket.unit, rngs)
+                          bucket.unit, rngs, *extra)
     loss += np.asarray(lsum, np.float64)
     total = agg if total is None else jax.tree.map(jnp.add, total, agg)
+  server_fn = _programs(make_algorithm)[1]
   server_states = server_fn(hp, server_states, total, int(len(clients)))
   return server_states, {"client_loss": loss / float(weights.sum()),
                          "clients": int(len(clients))}

@@ -47,5 +47,9 @@ from trustjax.privacy.adaptive import GaussianQuery
 from trustjax.privacy.adaptive import private_layer_quantiles
 from trustjax.privacy.adaptive import quantile_clip_update
 from trustjax.privacy.distributed import make_dp_grad_fn
+from trustjax.privacy.distributed import process_rows
+from trustjax.privacy.distributed import shard_global
+from trustjax.privacy.distributed import shard_process_local
+from trustjax.privacy.distributed import to_host
 from trustjax.privacy.tree import unflatten_clips
 from trustjax.privacy.tree import uniform_per_layer_clip
