@@ -254,7 +254,9 @@ def compact_rows(batches: dict[str, np.ndarray], spec: RowSparse,
     raise ValueError(f"batch[{spec.ids!r}] holds ids outside [0, {num_rows}) "
                      f"of the row-sparse parameter {spec.param}")
   m = ids.shape[0]
-  uniq = [np.unique(ids[j]) for j in range(m)]
+  zero = np.zeros(1, ids.dtype)
+  # Padding clients hold only id 0.
+  uniq = [np.unique(ids[j]) if ids[j].any() else zero for j in range(m)]
   need = max(len(x) for x in uniq)
   u = _bucket(need) if budget is None or budget < need else int(budget)
   if 2 * u > num_rows:
@@ -269,9 +271,12 @@ def compact_rows(batches: dict[str, np.ndarray], spec: RowSparse,
 
 def cohort_buckets(data: FederatedData, clients: np.ndarray,
                    weights: np.ndarray, *, ndev: int, batch_size: int,
-                   local_epochs: int, min_clients: int = 1) -> list[Bucket]:
+                   local_epochs: int, min_clients: int = 1,
+                   max_clients: int | None = None) -> list[Bucket]:
   """The cohort's clients grouped by (padded local steps, batch rows),
-  ascending; each bucket is padded to at least `min_clients` clients."""
+  ascending; each bucket is padded to at least `min_clients` clients, and
+  a group of more than `max_clients` is cut into buckets of at most that
+  many (one program's working set stays in cache and memory is bounded)."""
   sizes = data.client_sizes()[clients]
   groups = {}
   keys = {}
@@ -281,7 +286,12 @@ def cohort_buckets(data: FederatedData, clients: np.ndarray,
       keys[n] = _bucket_key(n, batch_size, local_epochs)
     groups.setdefault(keys[n], []).append(pos)
   out = []
-  for (s_b, rows), members in sorted(groups.items()):
+  chunks = []
+  for key, members in sorted(groups.items()):
+    step = max_clients or len(members)
+    chunks += [(key, members[i:i + step])
+               for i in range(0, len(members), step)]
+  for (s_b, rows), members in chunks:
     m = len(members)
     # Client counts are padded to a power of two (and a multiple of the
     # device count) so that shapes, and thus compilations, repeat across
@@ -398,7 +408,8 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
               cohort: Cohort, *, batch_size: int, local_epochs: int,
               seed: int, round: int, client_states: Any = None,
               mesh: jax.sharding.Mesh | None = None,
-              row_sparse: RowSparse | None = None):
+              row_sparse: RowSparse | None = None,
+              max_clients_per_program: int | None = 64):
   """One round: local training of the cohort, aggregation, server update.
 
   Args:
@@ -414,6 +425,9 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
       only (see the module docstring; same result, much less memory
       traffic for large embedding tables). Refused for algorithms whose
       `row_sparse_safe` is False.
+    max_clients_per_program: larger groups of same-shaped clients run as
+      several programs of at most this many clients (bounds memory and keeps
+      the working set in cache; None: one program per group).
 
   Returns:
     (server_state, client_states, metrics) where metrics holds the
@@ -447,7 +461,8 @@ def run_round(algorithm: Algorithm, server_state: Any, data: FederatedData,
   for bucket in cohort_buckets(data, clients, weights, ndev=ndev,
                                batch_size=batch_size,
                                local_epochs=local_epochs,
-                               min_clients=8 if row_sparse else 1):
+                               min_clients=8 if row_sparse else 1,
+                               max_clients=max_clients_per_program):
     m, ids, w, unit = bucket.size, bucket.ids, bucket.weights, bucket.unit
     # On many hosts each process builds only its own devices' clients.
     slots = None if mesh is None else process_rows(len(ids), mesh, AXIS)
