@@ -1,26 +1,41 @@
 """DP-SGD step cost vs non-private: naive vmap, micro-batched vmap, ghost.
 
-Claim measured: ghost / book-keeping clipping (`trustjax.privacy.ghost`) makes
-a DP-SGD train step cost close to a non-private one.
+Claim measured: ghost / book-keeping clipping (`trustjax.privacy.ghost`) and
+the fused Gaussian noise (`trustjax.privacy.noise_normal`) make a DP-SGD
+train step cost close to a non-private one.
 
-  python benchmarks/dp_overhead.py --workloads=a,b,c --steps=10
+  python benchmarks/dp_overhead.py --workloads=a,b,c --steps=20
 
 Workloads: (a) MLP 784-512-512-10, B=256; (b) transformer classifier (vocab
 8192, d=128, 2 layers, 4 heads, MLP 512, T=64, B=64); (c) GPT-2-shaped causal
 LM (6 layers, d=384, 6 heads, T=128, B=16, untied head, vocab --lm_vocab).
 Each step = clipped gradient sum (or plain gradient) + Gaussian noise (DP
-only) + Adam update, jitted; median wall ms over --steps after 2 warm-ups.
-`ghost_nonoise` is the ghost step without the Gaussian noise draw (threefry
-sampling of one normal per parameter is a visible part of a small step).
-Memory: device `memory_stats()` peak when available, else the compiled
-step's `memory_analysis()` temp bytes. Prints one JSON line per workload.
+only) + Adam update, one jitted function. Arms (--methods):
+  nonprivate      mean loss, jax.grad, Adam.
+  vmap            clipped_grad(method="vmap") + dpsgd(Adam) (library noise).
+  micro_vmap      the same in chunks of B/8 (microbatch_size).
+  ghost           clipped_grad(method="ghost") + dpsgd(Adam).
+  auto            clipped_grad(method="auto") + dpsgd(Adam): the default.
+  auto_jaxnormal  auto, with the noise drawn by `jax.random.normal` (the
+                  implementation before noise_normal; same values).
+  ghost_nonoise   ghost clipping + Adam without noise: the clipping cost.
+  auto_bf16       auto with compute_dtype=bfloat16 (mixed precision).
+All arms are compiled first, warmed up, then timed in --rounds rounds with
+the arms in a shuffled order per round (load from other processes hits all
+arms alike); median ms, inter-quartile range and minimum per arm; ratios to
+nonprivate from the same run (`_ratio` of medians, `_min_ratio` of minima,
+the latter less sensitive to other processes on a shared machine). Memory: the compiled step's
+`memory_analysis()` temp bytes (device `memory_stats()` is unavailable on
+CPU). Prints one JSON line per workload.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import random
 import statistics
 import time
 
@@ -30,7 +45,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from trustjax.privacy.ghost import ghost_clipped_grad
+from trustjax.privacy import clipped_grad
+from trustjax.privacy import dpsgd
 
 L2_CLIP, SIGMA = 1.0, 1.0
 
@@ -138,128 +154,165 @@ def workload(name, lm_vocab):
 
 
 # ------------------------------------------------------ clipped-grad paths
-def vmap_clipped(loss_fn, microbatch_size=None):
-  """Naive `vmap(grad)` reference (trustjax.privacy.clipping if present)."""
-  try:
-    from trustjax.privacy.clipping import clipped_grad
-    fn = clipped_grad(loss_fn, L2_CLIP, method="vmap",
-                      microbatch_size=microbatch_size, nan_policy="drop")
-    return lambda p, bt, m: fn(p, bt, m, None)[0], "trustjax.clipping.vmap"
-  except Exception:  # pylint: disable=broad-except
-    pass
+DP_KINDS = ("vmap", "micro_vmap", "ghost", "auto", "auto_jaxnormal",
+            "ghost_nonoise", "auto_bf16")
 
-  def chunk(p, bt, m):
-    g1 = lambda p_, ex: loss_fn(p_, jax.tree.map(lambda x: x[None], ex),
-                                None)[0][0]
-    g = jax.vmap(jax.grad(g1), in_axes=(None, 0))(p, bt)
-    sq = sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), 1)
-             for x in jax.tree.leaves(g))
-    w = jnp.where(m, jnp.minimum(1.0, L2_CLIP / jnp.sqrt(sq + 1e-30)), 0.0)
-    return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), g)
 
-  if microbatch_size is None:
-    return chunk, "local vmap"
+def _jax_normal_noise(l2_clip, sigma, expected_batch_size, seed):
+  """The noise transform as it was before `noise_normal` (for comparison).
 
-  def fn(p, bt, m):
-    b = m.shape[0]
-    n = b // microbatch_size
-    sp = lambda x: x.reshape((n, microbatch_size) + x.shape[1:])
-    body = lambda acc, xs: (jax.tree.map(jnp.add, acc, chunk(p, *xs)), None)
-    out, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, p),
-                          (jax.tree.map(sp, bt), sp(m)))
-    return out
+  Same key schedule and values as `trustjax.privacy.gaussian_noise`, but the
+  normals come from `jax.random.normal` (rolled Threefry loop on XLA:CPU).
+  """
+  base = jax.random.key_data(jax.random.key(seed))
 
-  return fn, "local vmap"
+  def init_fn(params):
+    del params
+    return (base, jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    key = jax.random.fold_in(jax.random.wrap_key_data(state[0]), state[1])
+    leaves, tdef = jax.tree.flatten(updates)
+    keys = jax.random.split(key, len(leaves))
+    std = sigma * l2_clip
+    out = [(x + std * jax.random.normal(k, x.shape, jnp.float32))
+           / expected_batch_size for x, k in zip(leaves, keys)]
+    return tdef.unflatten(out), (state[0], state[1] + 1)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_optimizer(kind, b, opt):
+  """The optimizer of an arm: `opt` behind the arm's Gaussian noise."""
+  if kind in ("nonprivate", "ghost_nonoise"):
+    return opt
+  if kind == "auto_jaxnormal":
+    return optax.chain(_jax_normal_noise(L2_CLIP, SIGMA, b, 0), opt)
+  return dpsgd(opt, L2_CLIP, SIGMA, b, seed=0)
 
 
 def make_step(kind, loss_fn, b, opt):
+  """Jitted `step(params, opt_state, batch, mask) -> (params, opt_state)`.
+
+  `opt` is the plain optimizer; DP arms put it behind their noise transform
+  (`make_optimizer`), so their opt_state is `make_optimizer(...).init(p)`.
+  """
   if kind == "nonprivate":
     def grads(p, bt, m):
       f = lambda p_: jnp.sum(jnp.where(m, loss_fn(p_, bt, None)[0], 0.0)) / b
       return jax.grad(f)(p)
-  else:
-    if kind in ("ghost", "ghost_nonoise"):
-      gfn = ghost_clipped_grad(loss_fn, L2_CLIP, has_aux=True)
-      clip = lambda p, bt, m: gfn(p, bt, m, None)[0]
-    elif kind == "vmap":
-      clip = vmap_clipped(loss_fn)[0]
-    else:  # micro-batched vmap
-      clip = vmap_clipped(loss_fn, microbatch_size=max(b // 8, 1))[0]
+    tx = opt
+  elif kind in DP_KINDS:
+    method = {"vmap": "vmap", "micro_vmap": "vmap", "ghost": "ghost",
+              "ghost_nonoise": "ghost"}.get(kind, "auto")
+    micro = max(b // 8, 1) if kind == "micro_vmap" else None
+    cdt = jnp.bfloat16 if kind == "auto_bf16" else None
+    clip = clipped_grad(loss_fn, L2_CLIP, method=method,
+                        microbatch_size=micro, compute_dtype=cdt)
 
-    def grads(p, bt, m, _clip=clip):
-      g = _clip(p, bt, m)
-      leaves, tdef = jax.tree.flatten(g)
-      if kind == "ghost_nonoise":  # isolates clipping cost from sampling
-        return jax.tree.unflatten(tdef, [x / b for x in leaves])
-      keys = jax.random.split(jax.random.key(0), len(leaves))
-      noisy = [(x + SIGMA * L2_CLIP * jax.random.normal(k, x.shape, x.dtype))
-               / b for x, k in zip(leaves, keys)]
-      return jax.tree.unflatten(tdef, noisy)
+    def grads(p, bt, m):
+      g = clip(p, bt, m, None)[0]
+      if kind == "ghost_nonoise":   # isolates the clipping cost
+        return jax.tree.map(lambda x: x / b, g)
+      return g                      # the noise transform divides by b
+    tx = make_optimizer(kind, b, opt)
+  else:
+    raise ValueError(f"unknown kind {kind!r}; valid: nonprivate, "
+                     f"{', '.join(DP_KINDS)}")
 
   def step(p, s, bt, m):
-    g = grads(p, bt, m)
-    upd, s = opt.update(g, s, p)
+    upd, s = tx.update(grads(p, bt, m), s, p)
     return optax.apply_updates(p, upd), s
 
   return jax.jit(step)
 
 
-def measure(step, params, opt_state, batch, mask, steps):
-  compiled = step.lower(params, opt_state, batch, mask).compile()
+def compile_arm(kind, loss_fn, params, batch, b, opt):
+  """Compiles an arm; returns (run_one_step, temp_bytes, compile_s)."""
+  mask = jnp.ones((b,), bool)
+  step = make_step(kind, loss_fn, b, opt)
+  state = {"p": params, "s": make_optimizer(kind, b, opt).init(params)}
+  t0 = time.perf_counter()
+  compiled = step.lower(state["p"], state["s"], batch, mask).compile()
+  compile_s = time.perf_counter() - t0
   mem = None
   try:
     ma = compiled.memory_analysis()
     mem = int(ma.temp_size_in_bytes) if ma is not None else None
   except Exception:  # pylint: disable=broad-except
     pass
-  p, s = params, opt_state
-  for _ in range(2):
-    p, s = compiled(p, s, batch, mask)
-  jax.block_until_ready(p)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    p, s = compiled(p, s, batch, mask)
-    jax.block_until_ready(p)
-    times.append((time.perf_counter() - t0) * 1e3)
-  stats = jax.devices()[0].memory_stats()
-  peak = stats.get("peak_bytes_in_use") if stats else None
-  return statistics.median(times), mem, peak
+
+  def run():
+    state["p"], state["s"] = compiled(state["p"], state["s"], batch, mask)
+    jax.block_until_ready(state["p"])
+  return run, mem, compile_s
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--workloads", default="a,b,c")
-  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--steps", type=int, default=10,
+                  help="timed steps per arm (spread over --rounds)")
+  ap.add_argument("--rounds", type=int, default=0,
+                  help="interleaving rounds (0: one per timed step)")
+  ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--lm_vocab", type=int, default=8192)
+  ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--methods",
-                  default="nonprivate,vmap,micro_vmap,ghost,ghost_nonoise")
+                  default="nonprivate,vmap,micro_vmap,ghost,auto,"
+                  "auto_jaxnormal,ghost_nonoise,auto_bf16")
   args = ap.parse_args()
+  kinds = args.methods.split(",")
+  rounds = args.rounds or args.steps
+  per_round = max(1, -(-args.steps // rounds))
   for name in args.workloads.split(","):
+    load0 = os.getloadavg()[0]
     loss_fn, params, batch, b = workload(name, args.lm_vocab)
-    mask = jnp.ones((b,), bool)
     opt = optax.adam(1e-3)
-    opt_state = opt.init(params)
     res = {"benchmark": "dp_overhead", "workload": name, "batch": b,
-           "steps": args.steps, "jax": jax.__version__,
+           "timed_steps_per_arm": rounds * per_round, "jax": jax.__version__,
            "device": jax.devices()[0].device_kind,
-           "machine": platform.machine(),
+           "machine": platform.machine(), "cpu_count": os.cpu_count(),
            "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
-    for kind in args.methods.split(","):
-      step = make_step(kind, loss_fn, b, opt)
-      ms, mem, peak = measure(step, params, opt_state, batch, mask,
-                              args.steps)
-      res[f"{kind}_ms"] = round(ms, 2)
-      res[f"{kind}_temp_bytes"] = mem
-      if peak is not None:
-        res[f"{kind}_peak_bytes"] = peak
+    arms = {}
+    for kind in kinds:
+      arms[kind], res[f"{kind}_temp_bytes"], cs = compile_arm(
+          kind, loss_fn, params, batch, b, opt)
+      res[f"{kind}_compile_s"] = round(cs, 2)
+    for run in arms.values():
+      for _ in range(args.warmup):
+        run()
+    # Arms interleaved in a shuffled order per round: load from other
+    # processes on a shared machine hits every arm alike.
+    times = {k: [] for k in arms}
+    order, rnd = list(arms), random.Random(args.seed)
+    for _ in range(rounds):
+      rnd.shuffle(order)
+      for k in order:
+        for _ in range(per_round):
+          t0 = time.perf_counter()
+          arms[k]()
+          times[k].append((time.perf_counter() - t0) * 1e3)
+    for k, v in times.items():
+      res[f"{k}_ms"] = round(statistics.median(v), 2)
+      res[f"{k}_iqr_ms"] = [round(float(x), 2)
+                            for x in np.percentile(v, [25, 75])]
+      res[f"{k}_min_ms"] = round(min(v), 2)
+    stats = jax.devices()[0].memory_stats()
+    if stats and stats.get("peak_bytes_in_use") is not None:
+      res["peak_bytes_in_use_process"] = stats["peak_bytes_in_use"]
     base = res.get("nonprivate_ms")
     if base:
-      for kind in args.methods.split(","):
-        if kind != "nonprivate":
-          res[f"{kind}_ratio"] = round(res[f"{kind}_ms"] / base, 3)
-    if res.get("vmap_ms") and res.get("ghost_ms"):
-      res["ghost_speedup_vs_vmap"] = round(res["vmap_ms"] / res["ghost_ms"], 2)
+      for k in kinds:
+        if k != "nonprivate":
+          res[f"{k}_ratio"] = round(res[f"{k}_ms"] / base, 3)
+          res[f"{k}_min_ratio"] = round(
+              res[f"{k}_min_ms"] / res["nonprivate_min_ms"], 3)
+    if res.get("vmap_ms") and res.get("auto_ms"):
+      res["auto_speedup_vs_vmap"] = round(res["vmap_ms"] / res["auto_ms"], 2)
+    res["loadavg_1m_before_after"] = [round(load0, 2),
+                                      round(os.getloadavg()[0], 2)]
     print(json.dumps(res), flush=True)
 
 

@@ -91,11 +91,29 @@ def _aval(v):
   return v.aval
 
 
-def _apply_chain(chain, x, side_vals=None):
+def _is_float(x) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _apply_chain(chain, x, side_vals=None, keep_precision=False):
   """Applies the view chain to x; side operands (constant indices, scales)
-  come from `side_vals[path]`, recorded by `evaluate`."""
+  come from `side_vals[path]`, recorded by `evaluate`.
+
+  With `keep_precision`, casts between float types are skipped and float
+  side operands are cast to x's dtype, so the chain runs in x's precision
+  (an f32 master parameter viewed through a cast to a bf16 compute dtype
+  gives an f32 view, and its vjp an f32 gradient). Float casts are linear
+  and identity on values up to rounding, so this is the same linear map
+  evaluated without the rounding.
+  """
   for prim, params, pos, path, n_in in chain:
+    if (keep_precision and prim.name == "convert_element_type" and
+        _is_float(x) and jnp.issubdtype(params["new_dtype"], jnp.floating)):
+      continue
     ins = list(side_vals[path]) if n_in > 1 else [None]
+    if keep_precision and _is_float(x):
+      ins = [v.astype(jnp.result_type(x))
+             if v is not None and _is_float(v) else v for v in ins]
     ins[pos] = x
     x = prim.bind(*ins, **prim.get_bind_params(params))
   return x
@@ -470,11 +488,11 @@ def evaluate(closed, args: list, taps: list, zs: list):
   return outs, recorded, side_vals
 
 
-def row_view_fn(chain, side_vals) -> Callable:
+def row_view_fn(chain, side_vals, keep_precision=False) -> Callable:
   """p -> chain(p)[0]: one example's view of a parameter broadcast over B."""
 
   def f(p):
-    v = _apply_chain(chain, p, side_vals)
+    v = _apply_chain(chain, p, side_vals, keep_precision)
     return v[0]
 
   return f

@@ -281,7 +281,8 @@ def _ghost_factory():
 
 def clipped_grad(loss_fn: Callable, l2_clip: Any, *, method: str = "auto",
                  microbatch_size: int | None = None, has_aux: bool = True,
-                 nan_policy: str = "raise") -> Callable:
+                 nan_policy: str = "raise",
+                 compute_dtype: Any = None) -> Callable:
   """Sum of per-example clipped gradients (Abadi et al. 2016).
 
   Args:
@@ -307,6 +308,12 @@ def clipped_grad(loss_fn: Callable, l2_clip: Any, *, method: str = "auto",
     has_aux: whether loss_fn returns `(loss, aux)`.
     nan_policy: "raise" (non-finite rows poison the sum and are flagged; see
       `check_finite`) or "drop" (they get weight 0). See module docstring.
+    compute_dtype: None, or a float dtype (e.g. `jnp.bfloat16`) for mixed
+      precision on the ghost path: activations in that dtype, per-example
+      norms, clip weights and the clipped sum in f32 (see
+      `ghost.ghost_clipped_grad`), so the sensitivity is C as in full
+      precision. Requires method "ghost" or "auto"; when "auto" falls back
+      to vmap, that fallback computes in full precision.
 
   Returns:
     `fn(params, batch, mask=None, rng=None, *, index_offset=0) ->
@@ -356,6 +363,9 @@ def clipped_grad(loss_fn: Callable, l2_clip: Any, *, method: str = "auto",
                      "int or None")
   tree_lib.validate_l2_clip(l2_clip)
   sensitivity = tree_lib.total_l2_sensitivity(l2_clip)
+  if compute_dtype is not None and method == "vmap":
+    raise ValueError(f"compute_dtype={compute_dtype!r} needs method='ghost' "
+                     "or 'auto' (the vmap path computes in the params' dtype)")
 
   vmap_fn = _vmap_clipped_grad(loss_fn, l2_clip,
                                microbatch_size=microbatch_size,
@@ -377,8 +387,10 @@ def clipped_grad(loss_fn: Callable, l2_clip: Any, *, method: str = "auto",
       # A traced scalar C (stacked models, adaptive clipping) stays traced.
       clip = (float(np.asarray(l2_clip)) if tree_lib.is_concrete(l2_clip)
               else l2_clip)
+      extra = {} if compute_dtype is None else {"compute_dtype":
+                                                 compute_dtype}
       ghost_fn = factory(loss_fn, clip, has_aux=has_aux,
-                         microbatch_size=microbatch_size)
+                         microbatch_size=microbatch_size, **extra)
       chosen = _ghost_adapter(ghost_fn, vmap_fn, nan_policy,
                               fallback=(method == "auto"))
       used = method
@@ -390,6 +402,7 @@ def clipped_grad(loss_fn: Callable, l2_clip: Any, *, method: str = "auto",
   fn.l2_clip = l2_clip
   fn.method = used
   fn.microbatch_size = microbatch_size
+  fn.compute_dtype = compute_dtype
   return fn
 
 

@@ -73,6 +73,7 @@ def ghost_clipped_grad(
     has_aux: bool = True,
     microbatch_size: int | None = None,
     norm_strategy: str = "auto",
+    compute_dtype: Any = None,
 ) -> Callable:
   """Sum of per-example clipped gradients by ghost norms and book-keeping.
 
@@ -89,6 +90,20 @@ def ghost_clipped_grad(
     norm_strategy: "auto" (per dense layer: ghost Gram trick when
       `T (D_in + D_out) <= D_in D_out`, else per-example matrices), "gram" or
       "direct" (forced; for tests and benchmarks).
+    compute_dtype: None (compute in the dtypes of params and batch), or a
+      float dtype such as `jnp.bfloat16` for mixed precision: the loss is
+      evaluated on params and floating batch leaves cast to it, so
+      activations, layer inputs and output gradients are in that dtype,
+      while everything that bounds the sensitivity is f32: the per-example
+      norms are computed in f32 from those layer inputs and output gradients
+      (upcast), the clip weights are f32, and the clipped sum
+      `sum_i w_i a_i^T g_i` is contracted and accumulated in f32 from the
+      SAME upcast values, then returned in the params' dtype (f32 master
+      params give an f32 sum; the vmap fallback parameters differentiate
+      through the cast, in f32). Hence each example's contribution has
+      norm <= C up to f32 rounding, as in full precision; only the gradient
+      itself is a bf16-accurate estimate (tests/privacy/
+      test_privacy_ghost_mixed.py states the tolerances).
 
   Returns:
     `fn(params, batch, mask, rng) -> (grad_sum, GhostStats)`. `grad_sum` has the
@@ -121,7 +136,14 @@ def ghost_clipped_grad(
     raise ValueError(f"norm_strategy must be 'auto', 'gram' or 'direct', got "
                      f"{norm_strategy!r}")
 
+  if compute_dtype is not None and not jnp.issubdtype(compute_dtype,
+                                                      jnp.floating):
+    raise ValueError(f"compute_dtype must be None or a float dtype such as "
+                     f"jnp.bfloat16, got {compute_dtype!r}")
+
   def loss_with_aux(params, batch, rng):
+    if compute_dtype is not None:
+      params, batch = cast_floats((params, batch), compute_dtype)
     out = loss_fn(params, batch, rng)
     return out if has_aux else (out, None)
 
@@ -165,6 +187,13 @@ def ghost_clipped_grad(
     return grad_sum, stats
 
   return fn
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+  """Casts the floating leaves of `tree` to `dtype`; others unchanged."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x),
+                                                  jnp.floating) else x, tree)
 
 
 def _batch_size(batch) -> int:
@@ -323,7 +352,7 @@ def _tap_sqnorm(t, a, g, leaf, strategy, side):
 
 
 def _ew_per_example(t, g, leaf, side):
-  f = gt.row_view_fn(t.chain, side)
+  f = gt.row_view_fn(t.chain, side, keep_precision=True)
   _, vjp = jax.vjp(f, leaf)
   return jax.vmap(lambda gi: vjp(gi.astype(leaf.dtype))[0])(g)
 
@@ -371,7 +400,8 @@ def _tap_weighted_sum(t, a, g, w, keep, leaf, side):
     per = jnp.where(keep.reshape((b,) + (1,) * (per.ndim - 1)), per, 0)
     return jnp.tensordot(w.astype(per.dtype), per, axes=1).astype(leaf.dtype)
   # Map the gradient of the view back through the (linear) view chain.
-  _, vjp = jax.vjp(lambda p: gt.apply_chain(t.chain, p, side), leaf)
+  _, vjp = jax.vjp(
+      lambda p: gt.apply_chain(t.chain, p, side, keep_precision=True), leaf)
   return vjp(view.astype(leaf.dtype))[0]
 
 

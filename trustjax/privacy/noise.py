@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trustjax.privacy import noise_normal
 from trustjax.privacy import tree as tree_lib
 
 
@@ -52,9 +53,17 @@ def add_gaussian_noise(grad_sum: Any, noise_std: Any, expected_batch_size: Any,
   """`(grad_sum + N(0, noise_std^2 I)) / expected_batch_size`, leafwise.
 
   Leaf j of `jax.tree.leaves(grad_sum)` gets noise
-  `noise_std * jax.random.normal(keys[j], leaf.shape, float32)` with
+  `noise_std * noise_normal.normal(keys[j], leaf.shape, float32)` with
   `keys = jax.random.split(key, num_leaves)`; the sum is formed in f32 and cast
   back to the leaf dtype. Pure; `noise_std` may be traced.
+
+  `noise_normal.normal` uses the same Threefry bits and uniforms as
+  `jax.random.normal(keys[j], leaf.shape)` and maps them to normals with
+  Giles's erfinv (within 1.1e-6 of the exact inverse CDF over every possible
+  uniform; XLA's `erf_inv`: 2.2e-5), in one kernel XLA fuses with this
+  update: on XLA:CPU about 3x faster than `jax.random.normal` (see
+  `trustjax/privacy/noise_normal.py`). Keys that are not threefry2x32 or
+  non-f32 draws use `jax.random.normal` itself.
   """
   leaves, treedef = jax.tree.flatten(grad_sum)
   keys = jax.random.split(key, len(leaves))
@@ -62,7 +71,7 @@ def add_gaussian_noise(grad_sum: Any, noise_std: Any, expected_batch_size: Any,
   ebs = jnp.asarray(expected_batch_size, jnp.float32)
   out = []
   for k, g in zip(keys, leaves):
-    z = jax.random.normal(k, jnp.shape(g), jnp.float32)
+    z = noise_normal.normal(k, jnp.shape(g), jnp.float32)
     out.append(((jnp.asarray(g, jnp.float32) + std * z) / ebs).astype(
         jnp.result_type(g)))
   return treedef.unflatten(out)
