@@ -14,7 +14,7 @@ extraction.png in the workdir.
 Data: `$TRUSTJAX_DATA_DIR/clinc150/data_full.json` (or the public download).
 """
 
-from trustjax.audit.job import base_config
+from trustjax.experiment.audit_job import base_config
 
 
 def get_config(arg: str | None = None):
@@ -35,6 +35,10 @@ def get_config(arg: str | None = None):
     config.num_epochs = 1.0
     config.epsilons = (float("inf"), 4.0)
     config.dp.accountant = "rdp"
+    # B = n_k + 1: no truncation term in the (RDP) accounting, which would
+    # triple its cost; log only at the end (each log computes K epsilons).
+    config.dp.max_batch_size = 10 ** 6
+    config.log_every = 10 ** 6
     config.canary.template = "my pin code is {d} {d} {d}"
     config.canary.repetitions = (0, 4)
     config.canary.per_count = 1

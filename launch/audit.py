@@ -7,7 +7,9 @@ canary exposure and extraction; report.md + PNG plots in the workdir.
 Every option lives in the config, e.g. `--config.epsilons='(1e999, 1.0)'`
 (1e999 parses as inf: non-private) or `--config.num_models=16`. A
 workdir holding a different config is refused unless `--overwrite`; a rerun
-with the same config reuses the defences already finished.
+with the same config reuses the defences already finished and resumes the
+unfinished one from its models' checkpoints (`<defence>/models/<k>`), exactly.
+The job itself is `trustjax.experiment.audit_job`.
 """
 
 import sys
@@ -27,7 +29,7 @@ _OVERWRITE = flags.DEFINE_bool(
 
 def main(argv):
   del argv
-  from trustjax.audit import job
+  from trustjax.experiment import audit_job as job
   common.quiet_logs()
   try:
     job.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value,

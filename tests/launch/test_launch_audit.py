@@ -1,4 +1,4 @@
-"""The audit job (launch/audit.py, trustjax.audit.job) end to end."""
+"""The audit job (launch/audit.py, trustjax.experiment.audit_job) end to end."""
 
 import math
 import os
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import data_dir_or_skip
-from trustjax.audit import job
+from trustjax.experiment import audit_job as job
 from trustjax.experiment import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(

@@ -3,7 +3,10 @@ metrics, empirical epsilon lower bounds, canaries and exposure, and
 white-box canary extraction (model inversion).
 
 All attacks take per-example scores or a model and return numpy results;
-none of them trains models (shadow models come from `trustjax.sweeps`).
+none of them trains models (shadow models come from `trustjax.sweeps`; the
+audit job that trains them and runs every attack is
+`trustjax.experiment.audit_job`). `report` pools attacks over K models
+audited in turn and writes the markdown report.
 """
 
 from trustjax.audit.canaries import Canary
@@ -45,3 +48,7 @@ from trustjax.audit.metrics import evaluate_attack
 from trustjax.audit.metrics import plot_roc
 from trustjax.audit.metrics import roc_curve
 from trustjax.audit.metrics import RocCurve
+from trustjax.audit.report import empirical_epsilons
+from trustjax.audit.report import membership_attacks
+from trustjax.audit.report import summarise_canaries
+from trustjax.audit.report import write_markdown

@@ -20,6 +20,7 @@ members are the training set ("train" / IN), non-members the held-out set
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -217,21 +218,34 @@ def plot_roc(path: str, results, *, title: str = "") -> str:
   FPR and TPR of 0 cannot show on log axes; the lowest plotted value is
   1 / (2 n) of each curve's sample size.
   """
-  from trustjax.experiment.plots import line_plot
+  # matplotlib's Agg canvas directly (no pyplot, no global state); the
+  # audit pillar does not import trustjax.experiment (DESIGN: dependencies
+  # point one way).
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
   if not results:
     raise ValueError("plot_roc: results is empty")
-  xs, ys = {}, {}
+  fig = Figure(figsize=(6, 4), dpi=110)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
   floor = 1.0
   for r in results:
     n_out = r.membership_scores_test.size
     n_in = r.membership_scores_train.size
     f = np.maximum(r.roc_curve.fpr, 0.5 / n_out)
     t = np.maximum(r.roc_curve.tpr, 0.5 / n_in)
-    name = f"{r.attack_type} (AUC {r.get_auc():.3f})"
-    xs[name], ys[name] = f.tolist(), t.tolist()
+    ax.plot(f, t, label=f"{r.attack_type} (AUC {r.get_auc():.3f})")
     floor = min(floor, 0.5 / n_out)
-  xs["chance"] = [floor, 1.0]
-  ys["chance"] = [floor, 1.0]
-  return line_plot(path, xs, ys, xlabel="false positive rate",
-                   ylabel="true positive rate", title=title, logx=True,
-                   logy=True, markers=False)
+  ax.plot([floor, 1.0], [floor, 1.0], "k--", lw=0.8, label="chance")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("false positive rate")
+  ax.set_ylabel("true positive rate")
+  if title:
+    ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format="png")
+  return path

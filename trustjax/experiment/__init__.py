@@ -10,6 +10,9 @@ parameters) goes in the JSON `extra`; derive per-step keys as
 
 `trustjax.experiment.classification` holds the text-classification job
 (imported on demand: it pulls in the data, model and privacy pillars)."""
+# `trustjax.experiment.audit_job`: the privacy-audit job (shadow models through
+# `classification.run_stacked`, every attack of `trustjax.audit`, the report);
+# imported on demand like `classification`.
 
 from trustjax.experiment.checkpoint import Checkpointer
 from trustjax.experiment.checkpoint import CheckpointError

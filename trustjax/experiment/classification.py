@@ -17,9 +17,15 @@ Privacy notes (stated guarantees, each tested in tests/experiment):
     the expected batch size (never the realised one).
   * The tokenizer is part of the guarantee. DP jobs default to the public GPT-2
     BPE vocabulary, hashed into `data.vocab_size` buckets by a data-independent
-    map. A word vocabulary built from the private training set is refused unless
-    `dp.allow_private_vocab=True`, and the summary then says that epsilon does
-    not cover the vocabulary.
+    map. `data.tokenizer=dp_words` builds a word vocabulary of the training
+    split with `trustjax.privacy.dp_vocabulary` (Gaussian thresholding at
+    `data.vocab_epsilon`); its Gaussian part is composed with the training
+    steps in the accountant (PLD by default, not basic composition) and its
+    threshold delta is added, so `dp.target_epsilon` and `dp.delta` are the
+    TOTAL of vocabulary and training (`resolve_privacy`). A word vocabulary
+    built from the private training set without DP (`data.tokenizer=word`) is
+    refused unless `dp.allow_private_vocab=True`, and the summary then says
+    that epsilon does not cover the vocabulary.
 """
 
 from __future__ import annotations
@@ -55,11 +61,20 @@ def base_config() -> ConfigDict:
       path="",                  # data.name=file: CSV / JSONL / JSON path
       text_column="text",
       label_column="label",
-      tokenizer="word",         # word (built from train) | gpt2 (public BPE)
+      # word (built from train) | gpt2 (public BPE) | dp_words (a DP word
+      # vocabulary of the training split, its cost in the job's epsilon)
+      tokenizer="word",
       vocab_size=8192,
       max_len=32,
       min_count=1,
       max_examples=0,           # > 0: keep the first N rows of each split
+      # tokenizer=dp_words (`trustjax.privacy.dp_vocabulary`): the
+      # vocabulary's own (vocab_epsilon, vocab_delta_fraction * delta)
+      # guarantee sets its noise; the job's epsilon composes it with training.
+      vocab_epsilon=1.0,
+      vocab_delta_fraction=0.1,  # share of the job's total delta
+      vocab_max_words=16,        # k: distinct words counted per example
+      vocab_seed=0,
   ))
   c.model = ConfigDict(dict(
       name="bag", d_embed=128, d_hidden=256, d_model=128, num_layers=2,
@@ -154,8 +169,17 @@ def validate_config(config: ConfigDict) -> None:
     bad("optimizer.name", config.optimizer.name, "valid: adam, sgd, adamw")
   if config.data.name not in ("clinc150", "synthetic", "file"):
     bad("data.name", config.data.name, "valid: clinc150, synthetic, file")
-  if config.data.tokenizer not in ("word", "gpt2"):
-    bad("data.tokenizer", config.data.tokenizer, "valid: word, gpt2")
+  if config.data.tokenizer not in ("word", "gpt2", "dp_words"):
+    bad("data.tokenizer", config.data.tokenizer, "valid: word, gpt2, dp_words")
+  if config.data.tokenizer == "dp_words":
+    if not config.data.vocab_epsilon > 0:
+      bad("data.vocab_epsilon", config.data.vocab_epsilon, "must be > 0")
+    if not 0 < config.data.vocab_delta_fraction < 1:
+      bad("data.vocab_delta_fraction", config.data.vocab_delta_fraction,
+          "must be in (0, 1): the vocabulary's share of the total delta")
+    if config.data.vocab_max_words < 1:
+      bad("data.vocab_max_words", config.data.vocab_max_words,
+          "must be a positive integer")
   if config.data.max_len <= 0 or config.data.vocab_size <= 2:
     bad("data.max_len/vocab_size", (config.data.max_len,
                                     config.data.vocab_size),
@@ -192,7 +216,8 @@ def validate_config(config: ConfigDict) -> None:
       bad("data.tokenizer", "word",
           "a word vocabulary built from the private training set leaks its "
           "rare words and is not covered by the accountant; use "
-          "data.tokenizer=gpt2 (public), or pass "
+          "data.tokenizer=gpt2 (public), data.tokenizer=dp_words (a DP "
+          "vocabulary whose cost is composed into epsilon), or pass "
           "--config.dp.allow_private_vocab=True to accept an epsilon that "
           "does not cover the vocabulary")
 
@@ -211,6 +236,10 @@ class EncodedData:
   oos_label: int | None
   source: str
   tokenizer_note: str
+  # tokenizer=dp_words: the `trustjax.privacy.DpVocabulary` release, whose
+  # `gaussian_event` and `threshold_delta` every DP model of the job composes
+  # into its epsilon (`resolve_privacy(..., vocab=)`).
+  vocab_release: Any = None
 
 
 class HashedBPE:
@@ -255,10 +284,19 @@ def load_data(config: ConfigDict, workdir: str | None = None) -> EncodedData:
   splits = {"train": ds.train, "val": ds.val, "test": ds.test}
   if limit:
     splits = {k: _head(v, limit) for k, v in splits.items()}
+  release = None
   if dc.tokenizer == "gpt2":
     tok = HashedBPE(dc.vocab_size)
     note = (f"public GPT-2 BPE hashed into {dc.vocab_size} buckets "
             "(data-independent; costs no privacy)")
+  elif dc.tokenizer == "dp_words":
+    tok, release = dp_word_vocab(config, splits["train"].texts)
+    note = (f"DP word vocabulary of {len(release.words)} words from the "
+            f"training split (Gaussian thresholding, epsilon "
+            f"{release.epsilon:g}, delta {release.delta:.3g} on its own; "
+            "composed into the job's epsilon)")
+    if workdir:
+      tok.save(os.path.join(workdir, "vocab.json"))
   else:
     tok = tjdata.WordVocab.build(splits["train"].texts,
                                  max_size=dc.vocab_size,
@@ -274,7 +312,39 @@ def load_data(config: ConfigDict, workdir: str | None = None) -> EncodedData:
                     "label": np.asarray(split.labels, np.int32)}
   return EncodedData(arrays=arrays, num_classes=len(ds.label_names),
                      vocab_size=len(tok), oos_label=ds.oos_label,
-                     source=ds.source, tokenizer_note=note)
+                     source=ds.source, tokenizer_note=note,
+                     vocab_release=release)
+
+
+def vocab_total_delta(config: ConfigDict, num_examples: int) -> float:
+  """The job's total delta: dp.delta, else 1/n^1.1 (n training examples)."""
+  from trustjax.privacy import default_delta
+  if config.dp.delta is not None:
+    return float(config.dp.delta)
+  return default_delta(num_examples)
+
+
+def dp_word_vocab(config: ConfigDict, texts):
+  """(WordVocab, DpVocabulary) of `texts` for tokenizer=dp_words.
+
+  The release is `trustjax.privacy.dp_vocabulary` at epsilon
+  `data.vocab_epsilon` and delta `data.vocab_delta_fraction` times the job's
+  total delta (`vocab_total_delta` with n = len(texts)), at most
+  `data.vocab_max_words` distinct words per example and `data.vocab_size - 2`
+  words (pad and unknown take ids 0 and 1), seeded by `data.vocab_seed`.
+  """
+  from trustjax import data as tjdata
+  from trustjax.privacy import dp_vocabulary
+  dc = config.data
+  texts = list(texts)
+  delta = dc.vocab_delta_fraction * vocab_total_delta(config, len(texts))
+  release = dp_vocabulary(texts, epsilon=float(dc.vocab_epsilon),
+                          delta=delta,
+                          max_words_per_example=int(dc.vocab_max_words),
+                          seed=int(dc.vocab_seed),
+                          tokenize=tjdata.tokenize_words,
+                          max_size=int(dc.vocab_size) - 2)
+  return tjdata.WordVocab(release.words), release
 
 
 def _head(split, n):
@@ -364,6 +434,10 @@ class Privacy:
   decay: float = 1.0
   steps_per_epoch: int = 1
   setup_event: Any = None   # e.g. the per-layer threshold query, run once
+  # A DP vocabulary's threshold delta, paid outside the accountant: epsilon
+  # is then `trustjax.privacy.composed_epsilon` (its Gaussian part is in
+  # `setup_event`).
+  threshold_delta: float = 0.0
   clip: Any = None          # what clipped_grad clips to (float or pytree)
 
   def event(self, steps: int, sigma0: float | None = None):
@@ -381,6 +455,10 @@ class Privacy:
       # Sampler's event (truncation included) at the effective noise
       # multiplier of gradient sum + any adaptive-clip count.
       return m.dp_event(steps)
+    if self.decay == 1.0:
+      # Constant noise: one self-composed event (PLD self-composes it by one
+      # FFT power; the per-epoch segments below would cost one PLD each).
+      return self.sampler.dp_event(sigma0, steps)
     s0 = m.noise_multiplier if sigma0 is None else sigma0
     segments, done, e = [], 0, 0
     while done < steps:
@@ -399,9 +477,14 @@ class Privacy:
     return lambda count: s0 * decay ** (count // spe)
 
   def epsilon(self, steps: int) -> float:
+    from trustjax.privacy import composed_epsilon
     from trustjax.privacy import epsilon_from_event
     if steps == 0 and self.setup_event is None:
       return 0.0
+    if self.threshold_delta:
+      return float(composed_epsilon(self.event(steps), self.delta,
+                                    self.threshold_delta,
+                                    accountant=self.accountant))
     return float(epsilon_from_event(self.event(steps), self.delta,
                                     accountant=self.accountant))
 
@@ -453,8 +536,18 @@ _CALIBRATED: dict = {}
 
 
 def resolve_privacy(config: ConfigDict, num_examples: int,
-                    steps: int, num_layers: int = 1) -> Privacy:
-  """Calibrates sigma (or takes it), builds sampler + mechanism; validates."""
+                    steps: int, num_layers: int = 1,
+                    vocab: Any = None) -> Privacy:
+  """Calibrates sigma (or takes it), builds sampler + mechanism; validates.
+
+  With `data.tokenizer=dp_words`, `vocab` must be the job's
+  `trustjax.privacy.DpVocabulary` (`EncodedData.vocab_release`): its Gaussian
+  event joins `setup_event` and is composed with training by the accountant
+  (PLD by default), its threshold delta is paid outside it, and epsilon is
+  `trustjax.privacy.composed_epsilon` (proof in `trustjax.privacy.dp_vocab`).
+  `dp.delta` and `dp.target_epsilon` are then the job's TOTAL (vocabulary and
+  training): sigma is calibrated for what the vocabulary leaves.
+  """
   from trustjax import privacy as tjp
   dp = config.dp
   n = num_examples
@@ -488,6 +581,9 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
     setup = tjp.dp_sgd_event(
         layer_quantile_noise(config) / math.sqrt(num_layers), q, 1,
         truncated_batch_size=sampler.max_batch_size, num_examples=n)
+  threshold_delta = 0.0
+  if config.data.tokenizer == "dp_words":
+    setup, threshold_delta = _vocab_setup(config, vocab, setup, delta)
   probe = Privacy(tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip,
                                                      1.0),
                   sampler, delta, steps, dp.accountant, dp.noise_decay, spe,
@@ -506,9 +602,19 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
           accountant=dp.accountant)
     sigma = _CALIBRATED[key]
   else:
-    sigma = tjp.calibrate_event(lambda s: probe.event(steps, sigma0=s),
-                                dp.target_epsilon, delta,
-                                accountant=dp.accountant)
+    target, acc_delta = dp.target_epsilon, delta
+    if threshold_delta:
+      target, acc_delta = tjp.accountant_target(target, delta,
+                                                threshold_delta)
+    # Memoised as above; the setup event's repr holds all its parameters.
+    key = (float(target), float(acc_delta), n, q, steps,
+           sampler.max_batch_size, dp.accountant, dp.noise_decay, spe,
+           repr(setup))
+    if key not in _CALIBRATED:
+      _CALIBRATED[key] = tjp.calibrate_event(
+          lambda s: probe.event(steps, sigma0=s), target, acc_delta,
+          accountant=dp.accountant)
+    sigma = _CALIBRATED[key]
   if dp.adaptive_clip:
     sigma_b = dp.clip_count_stddev or config.batch_size / 20.0
     mech = tjp.GaussianMechanism.from_sampler(
@@ -518,7 +624,8 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
     mech = tjp.GaussianMechanism.from_sampler(sampler, dp.l2_clip, sigma)
   priv = Privacy(mechanism=mech, sampler=sampler, delta=delta, steps=steps,
                  accountant=dp.accountant, decay=dp.noise_decay,
-                 steps_per_epoch=spe, setup_event=setup)
+                 steps_per_epoch=spe, setup_event=setup,
+                 threshold_delta=threshold_delta)
   if dp.target_epsilon is not None:
     eps = priv.epsilon(steps)
     if eps > dp.target_epsilon * (1 + 1e-9):
@@ -527,6 +634,37 @@ def resolve_privacy(config: ConfigDict, num_examples: int,
           f"{eps:.3g} > dp.target_epsilon={dp.target_epsilon}; raise sigma, "
           "lower the number of steps or the batch size")
   return priv
+
+
+def _vocab_setup(config: ConfigDict, vocab, setup, delta: float):
+  """(setup event with the vocabulary's Gaussian part, threshold delta)."""
+  import dp_accounting
+  from trustjax import privacy as tjp
+  if vocab is None:
+    raise ValueError(
+        "config.data.tokenizer=dp_words but resolve_privacy got no vocabulary "
+        "release (vocab=data.vocab_release): its cost would be missing from "
+        "epsilon")
+  dt = float(vocab.threshold_delta)
+  if dt >= delta:
+    raise ValueError(
+        f"config.data.vocab_delta_fraction={config.data.vocab_delta_fraction}"
+        f" leaves the vocabulary's threshold delta {dt:.3g} >= the total "
+        f"delta {delta:.3g}; use a fraction well below 1")
+  target = config.dp.target_epsilon
+  if target is not None:
+    alone = tjp.composed_epsilon(vocab.gaussian_event, delta, dt,
+                                 accountant=config.dp.accountant)
+    if alone >= target:
+      raise ValueError(
+          f"config.data.vocab_epsilon={config.data.vocab_epsilon} costs "
+          f"epsilon {alone:.3g} on its own, which leaves nothing of "
+          f"dp.target_epsilon={target} (the total) for training; use a "
+          "smaller vocab_epsilon or a larger target")
+  event = vocab.gaussian_event
+  if setup is not None:
+    event = dp_accounting.ComposedDpEvent([event, setup])
+  return event, dt
 
 
 def _build(config: ConfigDict, data: EncodedData):
@@ -854,7 +992,8 @@ def _setup_model(config, workdir, data, params, loss_fn, rows,
   privacy = None
   if config.dp.enabled:
     privacy = resolve_privacy(config, n, steps,
-                              num_layers=len(jax.tree.leaves(params)))
+                              num_layers=len(jax.tree.leaves(params)),
+                              vocab=data.vocab_release)
     privacy.clip = config.dp.l2_clip
     if config.dp.per_layer:
       from trustjax.privacy import total_l2_sensitivity
@@ -907,7 +1046,7 @@ class _Epsilons:
     m = p.mechanism
     key = (m.noise_multiplier, m.sampling_rate, p.sampler.num_examples,
            p.sampler.max_batch_size, p.delta, p.accountant, p.decay,
-           p.steps_per_epoch, repr(p.setup_event), done)
+           p.steps_per_epoch, repr(p.setup_event), p.threshold_delta, done)
     if key not in self._cache:
       self._cache[key] = p.epsilon(done)
     return self._cache[key]
@@ -936,23 +1075,36 @@ def _log(model: _Model, done: int, steps: int, metrics: dict, eps: _Epsilons,
 
 
 def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
-        stop_after: int | None = None, train_mask=None) -> dict:
+        stop_after: int | None = None, train_mask=None,
+        data: EncodedData | None = None) -> dict:
   """Trains, evaluates and writes the workdir; returns the final summary.
 
   `stop_after` ends the loop early after that many steps (with a checkpoint),
   as a kill would; tests use it to check exact resume. `train_mask` (bool[N]
   over the training split) trains on a subset: its size is the n of the
   sampling rate and of the accountant.
+
+  `data`: an `EncodedData` the caller built (e.g. CLINC150 with canaries
+  inserted, `trustjax.experiment.audit_job`) instead of `load_data(config)`.
+  Its "train" split (and "val"/"test" when present) must hold ids/mask of
+  width `config.data.max_len` and labels; `config.data` then only describes
+  it. The workdir's config check cannot see the data: a caller that resumes
+  must pass the same data (the audit job keys its own workdir on the config
+  that builds it). A run that already finished returns its `summary.json`
+  without training or evaluating again.
   """
   return _run_models([config], [workdir], overwrite=overwrite,
                      stop_after=stop_after,
                      train_masks=None if train_mask is None else [train_mask],
-                     stacked=False)[0]
+                     stacked=False, data=data)[0]
 
 
 def run_stacked(configs: list, workdirs: list, *, overwrite: bool = False,
                 stop_after: int | None = None, train_masks=None,
-                num_devices: int | None = None) -> list[dict]:
+                num_devices: int | None = None,
+                data: EncodedData | None = None,
+                return_params: bool = False,
+                chunk_size: int | None = None):
   """Trains K configs side by side in one jitted program (`vmap` over K).
 
   The configs may differ only in `STACKABLE_FIELDS` (seed, learning rate,
@@ -963,18 +1115,29 @@ def run_stacked(configs: list, workdirs: list, *, overwrite: bool = False,
   separate run's to float tolerance, and its epsilon is its own accountant's.
   A stacked group interrupted after a checkpoint resumes from the points'
   own checkpoints (all points must be at the same step); a point can also be
-  finished by a separate `run`.
+  finished by a separate `run`. A group whose points all finished returns
+  their `summary.json` (and restored parameters) without training again.
 
   Args:
     configs: K classification-job configs.
     workdirs: K distinct output directories.
-    overwrite, stop_after: as in `run`.
+    overwrite, stop_after, data: as in `run` (`data` is shared by the K
+      models).
     train_masks: optional K bool[N] masks (model k trains on its rows): the
-      shadow models of membership inference.
+      shadow models of membership inference. Models with different subset
+      sizes need `config.num_steps` (equal step counts); their DP batches
+      are padded to one length with masked rows (no contribution).
     num_devices: shard the model axis over devices (`sweeps.model_mesh`).
+    return_params: also return the K models' final parameters.
+    chunk_size: run the K models' step `chunk_size` models at a time
+      (`sweeps.stacked_step`: `lax.map` over vmapped chunks); same results,
+      often faster per model for DP-SGD on one CPU. None: vmap all K.
 
   Returns:
-    The K summaries (as `run` returns them).
+    The K summaries (as `run` returns them, `{"stopped_at": step}` when
+    stopped early), or `(summaries, params)` with `return_params`: `params`
+    the K single-model parameter pytrees (as `nnx.split(model, nnx.Param,
+    ...)[1]` of the configured model) at the last step trained.
   """
   if len(configs) != len(workdirs):
     raise ValueError(f"{len(configs)} configs but {len(workdirs)} workdirs")
@@ -986,11 +1149,13 @@ def run_stacked(configs: list, workdirs: list, *, overwrite: bool = False,
   check_stackable(configs)
   return _run_models(configs, workdirs, overwrite=overwrite,
                      stop_after=stop_after, train_masks=train_masks,
-                     stacked=True, num_devices=num_devices)
+                     stacked=True, num_devices=num_devices, data=data,
+                     return_params=return_params, chunk_size=chunk_size)
 
 
 def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
-                stacked, num_devices=None) -> list[dict]:
+                stacked, num_devices=None, data=None, return_params=False,
+                chunk_size=None):
   import jax
   from trustjax import experiment as tjx
   from trustjax.sweeps import stacked as sweeps
@@ -999,14 +1164,33 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
     validate_config(c)
     tjx.prepare_workdir(w, c, overwrite=overwrite)
   config = configs[0]
-  data = load_data(config, workdirs[0])
-  vocab = os.path.join(workdirs[0], "vocab.json")
-  if os.path.exists(vocab):
-    # The data config is shared; every workdir keeps the vocabulary, as a
-    # separate run would.
-    import shutil
-    for w in workdirs[1:]:
-      shutil.copyfile(vocab, os.path.join(w, "vocab.json"))
+  if data is None:
+    data = load_data(config, workdirs[0])
+    vocab = os.path.join(workdirs[0], "vocab.json")
+    if os.path.exists(vocab):
+      # The data config is shared; every workdir keeps the vocabulary, as a
+      # separate run would.
+      import shutil
+      for w in workdirs[1:]:
+        shutil.copyfile(vocab, os.path.join(w, "vocab.json"))
+  else:
+    if not isinstance(data, EncodedData) or "train" not in data.arrays:
+      raise ValueError(f"data must be an EncodedData with a 'train' split; "
+                       f"got {type(data).__name__}")
+    width = config.data.max_len
+    for split, a in data.arrays.items():
+      if not {"ids", "mask", "label"} <= set(a) or np.ndim(a["ids"]) != 2 or \
+          np.shape(a["ids"])[1] != width:
+        raise ValueError(
+            f"data.arrays[{split!r}] must hold ids/mask [N, {width}] "
+            f"(config.data.max_len) and label [N]; got keys {sorted(a)}, "
+            f"ids shape {np.shape(a.get('ids'))}")
+    # Splits the caller left out are empty (not evaluated).
+    empty = {"ids": np.zeros((0, width), np.int32),
+             "mask": np.zeros((0, width), bool),
+             "label": np.zeros(0, np.int32)}
+    data = dataclasses.replace(
+        data, arrays={"val": empty, "test": empty, **data.arrays})
   train = data.arrays["train"]
   n_all = len(train["label"])
   if n_all == 0:
@@ -1039,6 +1223,18 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
   start = starts.pop()
   end = steps if stop_after is None else min(steps, start + stop_after)
   eps = _Epsilons()
+  summaries = [os.path.join(m.workdir, "summary.json") for m in models]
+  if start == steps and all(os.path.exists(s) for s in summaries):
+    # Finished earlier: the checkpoint and summary are final; evaluating and
+    # logging again would only duplicate the final metrics row.
+    out = []
+    for m, s in zip(models, summaries):
+      m.writer.close()
+      m.ckpt.close()
+      with open(s) as f:
+        out.append(json.load(f))
+    return (out, [m.state["params"] for m in models]) if return_params \
+        else out
   progress = tjx.Progress(
       steps, initial_step=start,
       desc=("dp-train" if config.dp.enabled else "train") +
@@ -1054,9 +1250,10 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
         m.state = jax.tree.map(lambda x, k=k: x[k], states)
       elif not stacked:
         m.state = states
-      mk = (jax.tree.map(lambda x, k=k: x[k], metrics) if stacked
-            else metrics)
       if done % m.config.log_every == 0 or done == steps:
+        # Sliced only when logged: K x #metrics device ops per step add up.
+        mk = (jax.tree.map(lambda x, k=k: x[k], metrics) if stacked
+              else metrics)
         row = _log(m, done, steps, jax.device_get(mk), eps, predict, data)
         logged = logged or row
       m.ckpt.maybe_save(done, m.state, m.extra(done), force=(done == end))
@@ -1069,11 +1266,23 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
                        config.dp.enabled else None,
                        _static_clip(models))
   if stacked:
+    # One batch length for all models: DP samplers over subsets of
+    # different sizes may have different maxima; pad with masked rows.
+    width = max(len(m.batch_indices(start)[0]) for m in models)
+
+    def batch_indices(k, t):
+      idx, row_mask = models[k].batch_indices(t)
+      pad = width - len(idx)
+      if pad:
+        idx = np.concatenate([idx, np.zeros(pad, idx.dtype)])
+        row_mask = np.concatenate([row_mask, np.zeros(pad, bool)])
+      return idx, row_mask
+
     sweeps.vmap_train(
         step_fn, [m.state for m in models], [m.hp for m in models], train,
-        lambda k, t: models[k].batch_indices(t), end,
+        batch_indices, end,
         seeds=[m.config.seed for m in models], start_step=start,
-        on_step=after_step, num_devices=num_devices,
+        on_step=after_step, num_devices=num_devices, chunk_size=chunk_size,
         data_masks=None if train_masks is None else
         np.stack([np.asarray(t, bool) for t in train_masks]))
   else:
@@ -1099,8 +1308,10 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
     for m in models:
       m.writer.close()
       m.ckpt.close()
-    return [{"stopped_at": end} for _ in models]
-  return [_finish(m, data, predict, steps, train_time, eps) for m in models]
+    out = [{"stopped_at": end} for _ in models]
+  else:
+    out = [_finish(m, data, predict, steps, train_time, eps) for m in models]
+  return (out, [m.state["params"] for m in models]) if return_params else out
 
 
 def _static_clip(models) -> float | None:
@@ -1128,6 +1339,11 @@ def _finish(m: _Model, data, predict, steps, train_time, eps) -> dict:
       res = evaluate(predict, m.state["params"], arrays,
                      config.eval_batch_size, data.oos_label)
       summary.update({f"{split}_{k}": v for k, v in res.items()})
+  if data.vocab_release is not None:
+    vocab = data.vocab_release
+    summary.update(vocab_words=len(vocab.words), vocab_epsilon=vocab.epsilon,
+                   vocab_delta=vocab.delta,
+                   vocab_threshold_delta=vocab.threshold_delta)
   if privacy is not None:
     mech = privacy.mechanism
     summary.update(epsilon=eps(m, steps), delta=privacy.delta,
@@ -1152,6 +1368,13 @@ def _finish(m: _Model, data, predict, steps, train_time, eps) -> dict:
                      initial_l2_clip=mech.l2_clip,
                      final_l2_clip=float(m.state["l2_clip"]),
                      clip_target_quantile=config.dp.target_quantile)
+    if config.data.tokenizer == "dp_words":
+      summary["privacy_note"] = (
+          "epsilon covers the DP word vocabulary and training together: "
+          "the vocabulary's Gaussian counts are composed with the "
+          f"training steps by the {privacy.accountant.upper()} "
+          "accountant at delta minus its threshold delta, which is "
+          "added to delta (trustjax.privacy.composed_epsilon)")
     if config.data.tokenizer == "word":
       summary["privacy_note"] = (
           "epsilon does NOT cover the word vocabulary, which was built from "

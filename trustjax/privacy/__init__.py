@@ -29,6 +29,8 @@ from trustjax.privacy.clipping import check_finite
 from trustjax.privacy.clipping import ClipStats
 from trustjax.privacy.clipping import clipped_grad
 from trustjax.privacy.clipping import total_l2_sensitivity
+from trustjax.privacy.dp_vocab import accountant_target
+from trustjax.privacy.dp_vocab import composed_epsilon
 from trustjax.privacy.dp_vocab import dp_vocabulary
 from trustjax.privacy.dp_vocab import DpVocabulary
 from trustjax.privacy.dp_vocab import gaussian_threshold

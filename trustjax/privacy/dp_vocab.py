@@ -35,9 +35,25 @@ delta_t / k.
 
 Composition with training: the vocabulary and the model are two releases on
 the same data, so the total is (eps_vocab + eps_train, delta_vocab +
-delta_train) by basic composition. For a tighter total, the Gaussian part
-(`gaussian_event`) can be composed in the PLD accountant with the training
-events, adding `threshold_delta` to the total delta.
+delta_train) by basic composition. `composed_epsilon` is tighter: it composes
+the Gaussian part (`gaussian_event`) with the training events in the
+accountant (PLD by default) at delta - delta_t and pays the threshold as
+follows. For D' = D + x, write the vocabulary's output on D' as the mixture
+(1 - p) Q_E + p Q_N over the event E "no word of W2 is released", p <= delta_t
+(the W2 noise is independent of the rest, so Q_E is the release with W2
+suppressed, a Gaussian mechanism on the W1 counts as above, mixed over x's
+random word subset). Any later mechanism that reads the vocabulary (training
+on tokens encoded with it) is applied to both sides alike. With A the
+accountant's epsilon for Gaussian(z) composed (adaptively: Zhu, Dong & Wang
+2022, "Optimal Accounting of Differential Privacy via Characteristic
+Function") with the rest at delta_a = delta - delta_t, and joint convexity of
+the hockey-stick divergence over the mixtures:
+  * remove direction: Q(S) - e^A P(S) <= [Q_E(S) - e^A P(S)] + p
+    <= delta_a + delta_t = delta;
+  * add direction: P(S) - e^eps Q(S) <= P(S) - e^eps (1 - delta_t) Q_E(S), which
+    is <= delta_a for eps = A - log(1 - delta_t).
+So the composed release is (A - log(1 - delta_t), delta)-DP; the log term is
+about delta_t (~1e-6), kept for rigour.
 
 Caveat: noise comes from numpy's PCG64 and floating point Gaussians, as in
 the rest of trustjax's host-side code; this is not hardened against
@@ -175,3 +191,44 @@ def dp_vocabulary(texts: Iterable[str],
       epsilon=eps, delta=delta, noise_std=noise_std, threshold=tau,
       max_words_per_example=k, gaussian_event=dpe.GaussianDpEvent(z),
       threshold_delta=delta_t)
+
+
+def accountant_target(epsilon: float, delta: float,
+                      threshold_delta: float) -> tuple[float, float]:
+  """(epsilon', delta') the accountant must meet for a composed total.
+
+  A composition of a `DpVocabulary`'s `gaussian_event` with other events is
+  (epsilon, delta)-DP when the accountant gives epsilon' = epsilon +
+  log(1 - threshold_delta) at delta' = delta - threshold_delta (module
+  docstring). Raises ValueError when threshold_delta >= delta.
+  """
+  eps = accounting._check_positive("epsilon", epsilon)
+  delta = accounting._check_delta(delta)
+  dt = accounting._check_positive("threshold_delta", threshold_delta,
+                                  allow_zero=True)
+  if dt >= delta:
+    raise ValueError(f"threshold_delta={threshold_delta!r} must be smaller "
+                     f"than the total delta={delta!r}: the vocabulary's "
+                     "threshold would use the whole delta")
+  return eps + math.log1p(-dt), delta - dt
+
+
+def composed_epsilon(event: dpe.DpEvent, delta: float,
+                     threshold_delta: float, *,
+                     accountant: str = "pld") -> float:
+  """Epsilon at total `delta` of `event`, which composes a vocabulary's
+  `gaussian_event` with other mechanisms (e.g. DP-SGD training).
+
+  Returns A - log(1 - threshold_delta), A = the accountant's epsilon of
+  `event` at delta - threshold_delta (proof in the module docstring). With
+  threshold_delta = 0 this is the accountant's epsilon at `delta`.
+  """
+  delta = accounting._check_delta(delta)
+  dt = accounting._check_positive("threshold_delta", threshold_delta,
+                                  allow_zero=True)
+  if dt >= delta:
+    raise ValueError(f"threshold_delta={threshold_delta!r} must be smaller "
+                     f"than the total delta={delta!r}")
+  eps = accounting.epsilon_from_event(event, delta - dt,
+                                      accountant=accountant)
+  return eps - math.log1p(-dt)

@@ -113,9 +113,28 @@ def shard_models(tree: Any, mesh) -> Any:
   return jax.device_put(tree, sharding)
 
 
-def stacked_step(step_fn: Callable, *, donate: bool = True) -> Callable:
-  """`jit(vmap(step_fn))`: every argument and output carries the model axis."""
-  return jax.jit(jax.vmap(step_fn), donate_argnums=(0,) if donate else ())
+def stacked_step(step_fn: Callable, *, donate: bool = True,
+                 chunk_size: int | None = None) -> Callable:
+  """`jit(vmap(step_fn))`: every argument and output carries the model axis.
+
+  With `chunk_size`, `jit(lax.map(step_fn, batch_size=chunk_size))`: the
+  models run `chunk_size` at a time (vmapped within a chunk, one chunk after
+  another inside the same program; 1: a scan over models, each with the
+  single-model kernels). Same results; it pays when vmapped kernels cost
+  more per model than single ones (e.g. per-example clipping of K models,
+  or K optimizer states that leave the cache; benchmarks/stacked_step.py).
+  """
+  if chunk_size is None:
+    fn = jax.vmap(step_fn)
+  else:
+    if int(chunk_size) < 1:
+      raise ValueError(f"chunk_size={chunk_size} must be a positive int "
+                       "(or None: vmap all models at once)")
+
+    def fn(*args):
+      return jax.lax.map(lambda a: step_fn(*a), args,
+                         batch_size=int(chunk_size))
+  return jax.jit(fn, donate_argnums=(0,) if donate else ())
 
 
 def vmap_train(step_fn: Callable, states: Sequence[Any] | Any,
@@ -127,7 +146,8 @@ def vmap_train(step_fn: Callable, states: Sequence[Any] | Any,
                start_step: int = 0,
                on_step: Callable[[int, Any, Any], None] | None = None,
                num_devices: int | None = None,
-               data_masks: np.ndarray | None = None) -> Any:
+               data_masks: np.ndarray | None = None,
+               chunk_size: int | None = None) -> Any:
   """Trains K models side by side; returns the stacked final state `[K,...]`.
 
   Args:
@@ -151,6 +171,8 @@ def vmap_train(step_fn: Callable, states: Sequence[Any] | Any,
       `model_mesh`).
     data_masks: bool[K, N], model k trains on the rows where it is True (each
       example IN for some models and OUT for others: shadow models).
+    chunk_size: run the models `chunk_size` at a time (`stacked_step`); one
+      device only.
 
   Returns:
     The stacked state after `num_steps` steps.
@@ -182,9 +204,12 @@ def vmap_train(step_fn: Callable, states: Sequence[Any] | Any,
       raise ValueError(f"models {empty} have no training example in "
                        "data_masks")
   mesh = model_mesh(k, num_devices)
+  if mesh is not None and chunk_size is not None:
+    raise ValueError(f"chunk_size={chunk_size} with the model axis sharded "
+                     f"over {num_devices} devices: chunking is for one device")
   stacked = shard_models(stacked, mesh)
   hp = shard_models(hp, mesh)
-  step = stacked_step(step_fn)
+  step = stacked_step(step_fn, chunk_size=chunk_size)
   base = jnp.stack([jax.random.key(int(s)) for s in seeds])
   # One dispatch per step for the K step keys, not K.
   step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
