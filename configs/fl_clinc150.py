@@ -8,6 +8,9 @@ Clients: log-normal(0, 1.5) sizes with Dirichlet(0.5) label mixes; 100 clients
 held out for evaluation (distribution of per-client accuracy in the summary).
 Continual setting (arrivals over 50 rounds, 20 examples kept per client, FIFO
 deletion): `--config.fl.continual_rounds=50 --config.fl.cap=20 --config.fl.policy=fifo`.
+`--config.fl.row_sparse=true`: each client trains on its own embedding rows
+(same result up to float summation order; 1.7x less CPU time in a 15-round
+run of this config on the 2-core CPU; FedAvg family only).
 Variants: `:smoke` (seconds), `:dp` (DP-FedAvg), `:scaffold`, `:fedopt`.
 """
 

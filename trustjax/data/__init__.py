@@ -12,6 +12,8 @@ from trustjax.data.bold import load_bold
 from trustjax.data.clinc150 import Clinc150
 from trustjax.data.clinc150 import load_clinc150
 from trustjax.data.reader import load_text_classification
+from trustjax.data.shakespeare import char_sequences
+from trustjax.data.shakespeare import CharVocab
 from trustjax.data.shakespeare import load_shakespeare
 from trustjax.data.shakespeare import parse_speeches
 from trustjax.data.shakespeare import TinyShakespeare

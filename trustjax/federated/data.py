@@ -116,11 +116,15 @@ class FederatedData:
     return stats
 
   def plot(self, path: str, label_key: str = "label") -> str:
-    """PNG: histogram of examples per client and of labels per client."""
+    """PNG: histogram of examples per client and, when `label_key` is one
+    of the arrays, of distinct labels per client."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+    panels = 2 if label_key in self.arrays else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), dpi=110,
+                             squeeze=False)
+    axes = axes[0]
     axes[0].hist(self.client_sizes(), bins=50)
     axes[0].set_xlabel("examples per client")
     axes[0].set_ylabel("clients")
