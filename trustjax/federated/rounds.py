@@ -157,7 +157,7 @@ class Bucket(NamedTuple):
   weight 0. `steps` is the bucket's padded number of local steps and
   `rows` its batch rows: `batch_size`, or for clients with fewer than
   `batch_size` examples (whose every batch holds all of them) the power of
-  two at or above their size. The masked-mean loss of a batch does not
+  4 at or above their size (at least 4). The masked-mean loss of a batch does not
   depend on its number of padding rows, so this changes nothing but the
   work (for heavy-tailed populations most clients are small).
   """
@@ -200,8 +200,9 @@ def _bucket_key(size: int, batch_size: int, local_epochs: int
                 ) -> tuple[int, int]:
   """(padded local steps, batch rows) of a client with `size` examples."""
   steps = int(local_steps(np.array([size]), batch_size, local_epochs)[0])
-  rows = batch_size if size >= batch_size else min(_bucket(max(size, 1)),
-                                                   batch_size)
+  # Powers of 4 (1-4 -> 4, 5-16 -> 16, ...): few buckets, little padding.
+  rows = batch_size if size >= batch_size else min(
+      4 ** max(1, math.ceil(math.log(max(size, 1), 4))), batch_size)
   return _bucket(max(steps, 1)), rows
 
 
