@@ -22,8 +22,6 @@ from trustjax.privacy.distributed import process_rows
 D, C = 5, 3
 SIZES = [3, 7, 0, 8, 5, 6, 2, 8, 7, 4, 1, 6]   # uneven, one empty
 COHORT, ROUNDS = 8, 2
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 
 
 def loss_fn(params, batch, rng):
@@ -88,15 +86,8 @@ def _worker(out_dir: str) -> None:
 def test_two_processes_equal_one_process(tmp_path):
   if jax.device_count() < 8:
     pytest.skip("needs 8 (simulated) devices; tests/conftest.py sets them")
-  from trustjax.experiment import multihost
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-             os.environ.get("PYTHONPATH", ""))
-  results = multihost.spawn_local(
-      [sys.executable, os.path.abspath(__file__), str(tmp_path)], 2,
-      devices_per_process=4, env=env, timeout_s=120)
-  assert all(r.returncode == 0 for r in results), multihost.format_results(
-      results)
-  outs = [dict(np.load(tmp_path / f"process{i}.npz")) for i in range(2)]
+  from conftest import run_local_processes
+  outs = run_local_processes(__file__, tmp_path)
   # Each process held (and built the batches of) half of the cohort.
   np.testing.assert_array_equal(outs[0].pop("slots"), np.arange(4))
   np.testing.assert_array_equal(outs[1].pop("slots"), np.arange(4, 8))

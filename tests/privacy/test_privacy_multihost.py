@@ -31,8 +31,6 @@ from trustjax.privacy.distributed import to_host
 N, D, H, K = 96, 5, 7, 3       # examples, features, hidden, classes
 STEPS, Q, B = 2, 0.25, 32      # steps, sampling rate, padded batch size
 L2_CLIP, SIGMA = 0.7, 1.3
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 
 
 def _data():
@@ -117,15 +115,8 @@ def _worker(out_dir: str) -> None:
 def test_two_processes_equal_eight_devices_and_one(tmp_path):
   if jax.device_count() < 8:
     pytest.skip("needs 8 (simulated) devices; tests/conftest.py sets them")
-  from trustjax.experiment import multihost
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-             os.environ.get("PYTHONPATH", ""))
-  results = multihost.spawn_local(
-      [sys.executable, os.path.abspath(__file__), str(tmp_path)], 2,
-      devices_per_process=4, env=env, timeout_s=120)
-  assert all(r.returncode == 0 for r in results), multihost.format_results(
-      results)
-  outs = [np.load(tmp_path / f"process{i}.npz") for i in range(2)]
+  from conftest import run_local_processes
+  outs = run_local_processes(__file__, tmp_path)
 
   one_params, one_norms, one_real, _ = train(None)
   eight_params, eight_norms, eight_real, _ = train(
