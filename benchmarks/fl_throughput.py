@@ -75,12 +75,12 @@ def main():
   vocab = data.vocab_size
 
   @jax.jit
-  def one_client_rows(state, batches, key, rows):
-    st = {"params": jax.tree_util.tree_map_with_path(
-        lambda path, x: x[rows] if path[-2].key == "token_embed" else x,
-        state["params"])}
-    upd, _, _ = alg.client_update(st, jnp.zeros(()), batches, key)
-    return upd
+  def one_client_rows(state, batches, key, weight, rows):
+    # The library's own aggregation for a bucket of one client.
+    agg, _, _ = fl.rounds.cohort_aggregate(
+        alg, state, jnp.zeros((1,)), batches, weight, jnp.ones((1,)),
+        key[None], rows, rs if rows is not None else None)
+    return agg["weighted"]
 
   def sequential(cohort, rnd, compact=False):
     total = None
@@ -97,17 +97,9 @@ def main():
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), rnd),
                                int(c))
       if compact:
-        uniq = np.unique(batches["ids"])
-        rows = np.zeros(1 << max(int(len(uniq)) - 1, 0).bit_length(),
-                        np.int32)   # pad slots read row 0, get no update
-        rows[:len(uniq)] = uniq
-        batches["ids"] = np.searchsorted(uniq, batches["ids"]).astype(
-            np.int32)
-        upd = one_client_rows(state, batches, key, rows)
-        d = jax.tree_util.tree_map_with_path(
-            lambda path, x: (jnp.zeros((vocab, x.shape[1])).at[rows].add(w * x)
-                             if path[-2].key == "token_embed" else w * x),
-            upd["weighted"])
+        one, rows = fl.rounds.compact_rows(
+            {k: v[None] for k, v in batches.items()}, rs, vocab)
+        d = one_client_rows(state, one, key, np.array([w], np.float32), rows)
       else:
         upd, _, _ = one_client(state, jnp.zeros(()), batches, key)
         d = jax.tree.map(lambda x: w * x, upd["weighted"])

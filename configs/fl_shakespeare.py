@@ -1,7 +1,7 @@
 r"""Federated next-character prediction on Tiny Shakespeare, one client per
 speaker within a segment (LEAF's Shakespeare task, Caldas et al. 2018).
 
-  TRUSTJAX_DATA_DIR=../shared/data python -m launch.simulate_fl \
+  TRUSTJAX_DATA_DIR=/path/to/data python -m launch.simulate_fl \
       --config=configs/fl_shakespeare.py --workdir=runs/fl_shakespeare
 
 1194 natural clients (`trustjax.data.load_shakespeare`), 120 held out for

@@ -4,19 +4,9 @@ r"""Intrinsic vs extrinsic bias of a set of GPT-2 models, and their agreement.
       --config.models="('runs/distill_a/model','runs/distill_b/model')" \
       --workdir=runs/fairness
 
-For each model (HF-format GPT-2 dirs from `config.models`; the `smoke`
-variant trains tiny ones itself, with and without counterfactual data
-augmentation):
-- intrinsic: CEAT (Guo & Caliskan 2021) combined effect sizes of the gender
-  tests (`config.ceat.tests`) on contextual embeddings from BOLD Wikipedia;
-- extrinsic: a linear probe trained on the model's mean-pooled final hidden
-  states for BOLD profession classification; its equalized-odds and
-  demographic-parity differences between male- and female-word sentences
-  (one-vs-rest, worst class) and its counterfactual token fairness gap
-  (gendered words swapped); generation polarity disparity on BOLD gender
-  prompts (`config.generation.num_prompts` > 0).
-Writes `results.json` (rows and Spearman rank correlations across models of
-every intrinsic x extrinsic pair), `table.md` and `scatter.png`.
+The job (what is measured and written) is documented in
+`trustjax/experiment/fairness_job.py`; real data comes from
+`config.data_dir` or TRUSTJAX_DATA_DIR.
 """
 
 import sys
