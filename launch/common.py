@@ -73,6 +73,8 @@ def run_classification(config, workdir: str, overwrite: bool,
     summary = classification.run(config, workdir, overwrite=overwrite)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+  if not multihost.is_main_process():
+    return summary
   title = "DP training finished" if expect_dp else "training finished"
   print(f"\n{title} ({workdir}):\n" + classification.format_summary(summary),
         flush=True)

@@ -9,6 +9,16 @@ The noise multiplier is calibrated to `dp.target_epsilon` (or taken from
 steps actually run. metrics.jsonl carries epsilon on every logged step; the
 checkpoints carry the optimizer, noise RNG and sampler/accountant state, so a
 killed run resumes exactly.
+
+Many hosts (one process per host, workdir on a shared file system; see
+trustjax/experiment/multihost.py), on host i of P:
+
+  python -m launch.train_dp --config=configs/dp_clinc150.py \
+      --config.dp.num_devices=<devices of all hosts> --workdir=/shared/dp8 \
+      --coordinator_address=host0:1234 --num_processes=P --process_id=i
+  (or --multihost on SLURM / Open MPI / Cloud TPU)
+
+Each batch is sharded over every device; the noise is drawn once.
 """
 
 from absl import app
@@ -23,10 +33,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/train_dp",
                                "Output directory.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace a workdir that holds a different config.")
+common.define_multihost_flags()
 
 
 def main(argv):
   del argv
+  common.init_distributed()
   common.run_classification(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value,
                             expect_dp=True)
 

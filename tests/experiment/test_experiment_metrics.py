@@ -61,3 +61,15 @@ def test_fresh_start_replaces_old_file(tmp_path):
   _run(wd, range(1, 3))
   assert [r["step"] for r in read_metrics(wd)] == [1, 2]
   assert read_metrics(str(tmp_path / "absent")) == []
+
+
+def test_inactive_writer_touches_nothing(tmp_path):
+  # Processes other than 0 of a multi-host job get an inactive writer.
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+  w = MetricWriter(str(tmp_path), active=False)
+  w.write(1, {"loss": 1.0})
+  w.flush()
+  w.close()
+  assert read_metrics(str(tmp_path)) == [{"step": 1, "loss": 2.0}]
+  assert not (tmp_path / "tensorboard").exists()
+  assert MetricWriter(str(tmp_path / "main"), tensorboard=False).active

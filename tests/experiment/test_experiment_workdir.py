@@ -121,3 +121,19 @@ def test_load_config_variant_and_overrides(tmp_path):
     load_config(path, None, {"sub.nope": 1})
   with pytest.raises(FileNotFoundError):
     load_config(tmp_path / "missing.py")
+
+
+def test_check_only_makes_the_same_checks_and_writes_nothing(tmp_path):
+  # Multi-host jobs check on every process and write on process 0 only.
+  wd = tmp_path / "run"
+  prepare_workdir(wd, _config(), write=False)
+  assert not wd.exists()
+  prepare_workdir(wd, _config())
+  other = _config(lr=0.5)
+  with pytest.raises(ValueError, match="different config"):
+    prepare_workdir(wd, other, write=False)
+  (wd / "metrics.jsonl").write_text("{}\n")
+  prepare_workdir(wd, other, overwrite=True, write=False)
+  assert (wd / "metrics.jsonl").exists()          # not wiped
+  assert json.loads((wd / "config.json").read_text())["optimizer"][
+      "learning_rate"] == 0.1

@@ -700,6 +700,16 @@ def _dp_metrics(stats, row_mask) -> dict:
           "loss": jnp.dot(per_ex, row_mask.astype(per_ex.dtype)) / n_real}
 
 
+def _data_mesh(config: ConfigDict):
+  """The ("data",) mesh of a DP run over `dp.num_devices` > 1 devices (the
+  devices of every process on many hosts), else None."""
+  import jax
+  n = config.dp.num_devices
+  if not config.dp.enabled or n <= 1:
+    return None
+  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+
+
 def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
   """One jitted update: (state, batch, row_mask, key) -> (state, metrics).
 
@@ -723,11 +733,9 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
     per_ex, _ = loss_fn(params, batch, rng)
     return per_ex, {"loss": per_ex}
 
-  mesh = None
-  if dp.num_devices > 1:
+  mesh = _data_mesh(config)
+  if mesh is not None:
     from trustjax.privacy import make_dp_grad_fn
-    mesh = jax.make_mesh((dp.num_devices,), ("data",),
-                         devices=jax.devices()[:dp.num_devices])
 
   def grad_fn(clip):
     # Ghost clipping takes one (possibly traced, e.g. adaptive) clip norm but
@@ -1016,6 +1024,12 @@ def _setup_model(config, workdir, data, params, loss_fn, rows,
   state = {"params": params, "opt_state": tx.init(params)}
   if privacy is not None and config.dp.adaptive_clip:
     state["l2_clip"] = jnp.asarray(config.dp.l2_clip, jnp.float32)
+  mesh = _data_mesh(config)
+  if mesh is not None:
+    # Replicated over the data mesh before the restore, so a restored state
+    # has the layout of a fresh one (on many hosts: global arrays).
+    from trustjax.privacy.distributed import shard_global
+    state = shard_global(state, mesh)
   model = _Model(config=config, workdir=workdir, rows=rows, privacy=privacy,
                  tx=tx, state=state, hp=hp)
   model.ckpt = tjx.Checkpointer(workdir, every_steps=config.checkpoint_every)
@@ -1158,16 +1172,20 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
                 chunk_size=None):
   import jax
   from trustjax import experiment as tjx
+  from trustjax.experiment import multihost
   from trustjax.sweeps import stacked as sweeps
 
-  for c, w in zip(configs, workdirs):
+  for c in configs:
     validate_config(c)
-    tjx.prepare_workdir(w, c, overwrite=overwrite)
+  _check_processes(configs, stacked)
+  for c, w in zip(configs, workdirs):
+    multihost.prepare_workdir(w, c, overwrite=overwrite)
   config = configs[0]
+  main = multihost.is_main_process()
   if data is None:
-    data = load_data(config, workdirs[0])
+    data = load_data(config, workdirs[0] if main else None)
     vocab = os.path.join(workdirs[0], "vocab.json")
-    if os.path.exists(vocab):
+    if main and os.path.exists(vocab):
       # The data config is shared; every workdir keeps the vocabulary, as a
       # separate run would.
       import shutil
@@ -1314,6 +1332,28 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
   return (out, [m.state["params"] for m in models]) if return_params else out
 
 
+def _check_processes(configs, stacked: bool) -> None:
+  """A multi-host job (`jax.process_count() > 1`, see
+  `trustjax.experiment.multihost`) runs one DP model data-parallel over a
+  mesh of every device of every process; anything else would train one
+  copy per process."""
+  import jax
+  if jax.process_count() == 1:
+    return
+  config = configs[0]
+  if stacked or len(configs) > 1:
+    raise ValueError("stacked runs (run_stacked, sweeps) do not run on "
+                     f"several processes ({jax.process_count()} here); run "
+                     "them on one host")
+  if not config.dp.enabled or config.dp.num_devices != jax.device_count():
+    raise ValueError(
+        f"this job runs on {jax.process_count()} processes with "
+        f"{jax.device_count()} devices in all: set config.dp.enabled=True and "
+        f"config.dp.num_devices={jax.device_count()} (each batch is then "
+        "sharded over every device); got dp.enabled="
+        f"{config.dp.enabled}, dp.num_devices={config.dp.num_devices}")
+
+
 def _static_clip(models) -> float | None:
   """The clip norm when every model shares one concrete value (else None)."""
   clips = {float(m.hp["l2_clip"]) for m in models if "l2_clip" in m.hp}
@@ -1389,9 +1429,10 @@ def _finish(m: _Model, data, predict, steps, train_time, eps) -> dict:
                          or (k == "epsilon" and privacy is not None)})
   m.writer.close()
   m.ckpt.close()
-  _plot_curves(workdir)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if m.writer.active:   # process 0 of a multi-host job, or a single process
+    _plot_curves(workdir)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
   return summary
 
 

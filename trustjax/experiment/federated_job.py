@@ -450,16 +450,29 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
   With `stop_after`, stops after that many rounds of this call (checkpoint
   written) and returns `{"stopped_at": round}`; a later call resumes and
   gives the metrics and summary of an uninterrupted run.
+
+  Many hosts (`trustjax.experiment.multihost`): every process calls `run`
+  with `fl.num_devices` equal to the number of devices of all processes;
+  the cohort is sharded over all of them, process 0 writes the workdir
+  (shared file system) and all processes write the checkpoints together.
   """
   import jax
   from trustjax import experiment as tjx
   from trustjax import federated as fl
+  from trustjax.experiment import multihost
 
   validate(config)
   f = config.fl
-  tjx.prepare_workdir(workdir, config, overwrite=overwrite)
+  if jax.process_count() > 1 and f.num_devices != jax.device_count():
+    raise ValueError(
+        f"this job runs on {jax.process_count()} processes with "
+        f"{jax.device_count()} devices in all: set config.fl.num_devices="
+        f"{jax.device_count()} (the cohort is then sharded over every "
+        f"device); got fl.num_devices={f.num_devices}")
+  multihost.prepare_workdir(workdir, config, overwrite=overwrite)
+  main = multihost.is_main_process()
   task = (_char_task(config) if _is_char_task(config)
-          else _classification_task(config, workdir))
+          else _classification_task(config, workdir if main else None))
   fed_arrays, n_train = task.arrays, task.num_train
   fed = fl.FederatedData.from_assignment(fed_arrays, task.assign, n_train)
   store = None
@@ -468,9 +481,10 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
         task.assign, fl.uniform_arrivals(
             task.assign, f.continual_rounds, seed=f.partition_seed),
         n_train, cap=f.cap or None, policy=f.policy, seed=f.partition_seed)
-  task.population.plot(os.path.join(workdir, "partition.png"))
-  with open(os.path.join(workdir, "partition.json"), "w") as fh:
-    json.dump(task.population.statistics(), fh, indent=2)
+  if main:
+    task.population.plot(os.path.join(workdir, "partition.png"))
+    with open(os.path.join(workdir, "partition.json"), "w") as fh:
+      json.dump(task.population.statistics(), fh, indent=2)
 
   alg = _algorithm(config, task.loss_fn, n_train)
   state = alg.server_init(task.params)
@@ -543,8 +557,9 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
              **task.final_metrics(state["params"]), **_quantiles(acc)}
   writer.close()
   ckpt.close()
-  with open(os.path.join(workdir, "summary.json"), "w") as fh:
-    json.dump(summary, fh, indent=2)
+  if main:
+    with open(os.path.join(workdir, "summary.json"), "w") as fh:
+      json.dump(summary, fh, indent=2)
   return summary
 
 

@@ -96,12 +96,25 @@ class MetricWriter:
 
   Numeric values (Python, numpy or jax scalars) also go to TensorBoard via
   tensorboardX (no TensorFlow needed) under `workdir/tensorboard`.
+
+  Multi-host jobs: only one process writes. `active=None` (the default)
+  means "this is process 0" (`jax.process_index() == 0`); an inactive
+  writer touches no file and drops every row, so every process can call
+  `write` unconditionally.
   """
 
   def __init__(self, workdir: str, *, resume_step: int | None = None,
-               filename: str = METRICS_FILE, tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
+               filename: str = METRICS_FILE, tensorboard: bool = True,
+               active: bool | None = None):
+    if active is None:
+      import jax
+      active = jax.process_index() == 0
+    self.active = bool(active)
     self.path = os.path.join(workdir, filename)
+    self._f = self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
     tb_dir = os.path.join(workdir, TENSORBOARD_DIR)
     if resume_step is not None:
       if os.path.exists(self.path):
@@ -127,6 +140,8 @@ class MetricWriter:
     if "step" in metrics:
       raise ValueError("metrics must not contain the key 'step' (it is the "
                        "`step` argument)")
+    if not self.active:
+      return
     row = {"step": int(step)}
     row.update({str(k): _scalar(k, v) for k, v in metrics.items()})
     self._f.write(json.dumps(row) + "\n")
@@ -138,12 +153,14 @@ class MetricWriter:
           self._tb.add_scalar(k, v, int(step))
 
   def flush(self) -> None:
+    if self._f is None:
+      return
     self._f.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
-    if not self._f.closed:
+    if self._f is not None and not self._f.closed:
       self._f.close()
     if self._tb is not None:
       self._tb.close()

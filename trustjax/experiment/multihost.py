@@ -29,12 +29,13 @@ What to run on a real cluster. The same script on every host; it calls
     JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=4 \
         JAX_PROCESS_ID=$i python train.py
   (or pass the three values as arguments).
-- Launch scripts: `launch.common.define_multihost_flags()` adds
-  `--coordinator_address --num_processes --process_id --multihost`, and
-  `launch.common.init_distributed()` calls `initialize` with them. The
-  classification and FL jobs (`launch/train_dp.py`, `launch/simulate_fl.py`)
-  do not use them yet: their workdir (metrics.jsonl, orbax checkpoints,
-  plots) is written as by a single process.
+- Launch scripts: `launch/train_dp.py` and `launch/simulate_fl.py` take
+  `--coordinator_address --num_processes --process_id --multihost`
+  (`launch.common.define_multihost_flags`) and call `initialize` with them
+  (`launch.common.init_distributed`). Every process runs the whole job over
+  a mesh of all devices; the workdir must be on a shared file system:
+  process 0 writes config.json, metrics.jsonl, plots and summary.json, and
+  all processes write the orbax checkpoints together.
 - CPU hosts: cross-process collectives use gloo over TCP (JAX's default
   `jax_cpu_collectives_implementation='gloo'`; 'mpi' needs an MPI build).
 - One machine, for tests: `spawn_local` starts P local processes with a
@@ -133,6 +134,34 @@ def _int_env(name: str) -> int:
 def is_main_process() -> bool:
   """True on process 0: the one that writes metrics, plots and summaries."""
   return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Waits until every process has reached `sync(name)` (a barrier; the
+  same names in the same order on every process). No-op on one process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def prepare_workdir(workdir: str, config, **kwargs):
+  """`trustjax.experiment.prepare_workdir` for a job on one or many hosts.
+
+  Every process makes the same checks (a config mismatch raises the same
+  error everywhere, so no process is left waiting at a barrier); only
+  process 0 writes (or wipes, with `overwrite=True`); then all wait until
+  it has. The workdir must be on a file system every host sees (as orbax
+  checkpoints need anyway).
+  """
+  from trustjax.experiment.workdir import prepare_workdir as prepare
+  path = prepare(workdir, config, write=False, **kwargs)
+  if jax.process_count() == 1:
+    return prepare(workdir, config, **kwargs)
+  sync(f"trustjax.prepare_workdir.checked:{workdir}")
+  if is_main_process():
+    prepare(workdir, config, **kwargs)
+  sync(f"trustjax.prepare_workdir.written:{workdir}")
+  return path
 
 
 def free_port() -> int:

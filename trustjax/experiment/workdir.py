@@ -114,7 +114,7 @@ def _clear(path: Path) -> None:
 
 def prepare_workdir(workdir: str | os.PathLike, config: Any, *,
                     overwrite: bool = False,
-                    ignore: Iterable[str] = ()) -> Path:
+                    ignore: Iterable[str] = (), write: bool = True) -> Path:
   """Creates `workdir` holding `config.json`, or checks it holds `config`.
 
   - New or empty directory: created, `config.json` written.
@@ -136,6 +136,9 @@ def prepare_workdir(workdir: str | os.PathLike, config: Any, *,
     overwrite: start afresh, deleting the old run's outputs.
     ignore: dotted keys (or key prefixes) that do not define the run's
       identity, e.g. `("log_every",)`; they may change between restarts.
+    write: False makes every check above (raising the same errors) and
+      changes nothing. A multi-host job checks on every process and writes
+      on process 0 only (`trustjax.experiment.multihost.prepare_workdir`).
 
   Returns:
     `Path(workdir)`.
@@ -147,7 +150,8 @@ def prepare_workdir(workdir: str | os.PathLike, config: Any, *,
     raise ValueError(f"workdir={str(path)!r} exists and is not a directory")
   if cfg_file.exists():
     if overwrite:
-      _clear(path)
+      if write:
+        _clear(path)
     else:
       try:
         old = json.loads(cfg_file.read_text())
@@ -172,6 +176,8 @@ def prepare_workdir(workdir: str | os.PathLike, config: Any, *,
         f"workdir {str(path)!r} is not empty and holds no {CONFIG_FILE}: it "
         "is not a trustjax workdir, so --overwrite will not wipe it; choose "
         "a new or empty --workdir")
+  if not write:
+    return path
   path.mkdir(parents=True, exist_ok=True)
   tmp = path / (CONFIG_FILE + ".tmp")
   tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
