@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from trustjax import markdown
 from trustjax.audit import epsilon as _eps
 from trustjax.audit import lira as _lira
 from trustjax.audit import metrics as _metrics
@@ -130,42 +131,38 @@ def write_markdown(report: dict, path: str) -> None:
            f"{report['num_train_rows']} training rows; canary "
            f"`{report['canary_template']}`; {report['seconds']} s.", "",
            "## Membership inference", "",
-           "| defence | accountant eps | test acc | train acc | attack | AUC | "
-           "TPR@0.1%FPR | TPR@1%FPR | bal. acc | advantage | PPV |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for s in report["defences"]:
-    for a in s["attacks"]:
-      lines.append(
-          f"| {s['defence']} | {_fmt(s['accountant_epsilon'])} | "
-          f"{_fmt(s['test_accuracy_mean'])} | "
-          f"{_fmt(s['train_accuracy_mean'])} | {a['attack']} | "
-          f"{_fmt(a['auc'])} | {_fmt(a['tpr_at_0.1%_fpr'])} | "
-          f"{_fmt(a['tpr_at_1%_fpr'])} | {_fmt(a['balanced_accuracy'])} | "
-          f"{_fmt(a['attacker_advantage'])} | {_fmt(a['ppv'])} |")
+           markdown.table(
+               ["defence", "accountant eps", "test acc", "train acc",
+                "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "bal. acc",
+                "advantage", "PPV"],
+               [[s["defence"], s["accountant_epsilon"],
+                 s["test_accuracy_mean"], s["train_accuracy_mean"],
+                 a["attack"], a["auc"], a["tpr_at_0.1%_fpr"],
+                 a["tpr_at_1%_fpr"], a["balanced_accuracy"],
+                 a["attacker_advantage"], a["ppv"]]
+                for s in report["defences"] for a in s["attacks"]], _fmt)]
   lines += ["", "## Empirical epsilon (best attack; Clopper-Pearson at "
             "alpha / #attacks, threshold chosen on half the trials)", "",
-            "| defence | accountant eps | delta | empirical eps lower bound "
-            "| attack | TPR | FPR |", "|---|---|---|---|---|---|---|"]
-  for s in report["defences"]:
-    e = s["empirical_epsilon"]
-    lines.append(f"| {s['defence']} | {_fmt(s['accountant_epsilon'])} | "
-                 f"{_fmt(s['delta'])} | {_fmt(e['epsilon_lb'])} | "
-                 f"{e['attack']} | {_fmt(e['tpr'])} | {_fmt(e['fpr'])} |")
+            markdown.table(
+                ["defence", "accountant eps", "delta",
+                 "empirical eps lower bound", "attack", "TPR", "FPR"],
+                [[s["defence"], s["accountant_epsilon"], s["delta"],
+                  e["epsilon_lb"], e["attack"], e["tpr"], e["fpr"]]
+                 for s in report["defences"]
+                 for e in [s["empirical_epsilon"]]], _fmt)]
   lines += ["", "## Canaries (exposure over all models; extraction on the "
             "first models; random guessing succeeds w.p. 1/|R|)", "",
-            "| defence | repetitions | canary x models | exposure (bits) | "
-            "skew-normal exposure (median) | median rank | extraction rate | "
-            "slot accuracy | random rate |",
-            "|---|---|---|---|---|---|---|---|---|"]
-  for s in report["defences"]:
-    for r in s["canaries"]:
-      lines.append(
-          f"| {s['defence']} | {r['repetitions']} | {r['num_canary_models']} "
-          f"| {_fmt(r['exposure_mean'])} | "
-          f"{_fmt(r['exposure_skewnorm_median'])} | "
-          f"{_fmt(r['rank_median'])} | {_fmt(r['extraction_rate'])} "
-          f"({r['num_inversions']}) | {_fmt(r['slot_accuracy'])} | "
-          f"{_fmt(r['random_rate'])} |")
+            markdown.table(
+                ["defence", "repetitions", "canary x models",
+                 "exposure (bits)", "skew-normal exposure (median)",
+                 "median rank", "extraction rate", "slot accuracy",
+                 "random rate"],
+                [[s["defence"], str(r["repetitions"]),
+                  str(r["num_canary_models"]), r["exposure_mean"],
+                  r["exposure_skewnorm_median"], r["rank_median"],
+                  f"{_fmt(r['extraction_rate'])} ({r['num_inversions']})",
+                  r["slot_accuracy"], r["random_rate"]]
+                 for s in report["defences"] for r in s["canaries"]], _fmt)]
   lines += ["", "Plots: `<defence>/roc.png` (log-log ROC), `exposure.png`, "
             "`extraction.png`.", "",
             "Note: the empirical bound is computed over examples of one "

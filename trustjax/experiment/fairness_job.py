@@ -31,6 +31,7 @@ from flax import nnx
 from scipy import stats
 
 from trustjax import fairness as F
+from trustjax import markdown
 from trustjax import models as M
 from trustjax.distill.corpus import tokenizer_for_model
 from trustjax.experiment.plots import scatter_plot
@@ -237,15 +238,12 @@ def run(cfg, workdir: str, *, overwrite: bool = False) -> dict:
   with open(os.path.join(logging_dir, "results.json"), "w") as f:
     json.dump({"rows": rows, "spearman": corr}, f, indent=1)
   cols = ["model"] + intr + extr + ["probe_accuracy"]
-  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-  for r in rows:
-    lines.append("| " + " | ".join(
-        _label(str(r[c])) if c == "model" else f"{r[c]:.4f}"
-        for c in cols) + " |")
-  lines += ["", "| intrinsic ~ extrinsic | Spearman rho | p |", "|---|---|---|"]
-  lines += [f"| {k} | {v['spearman']:.3f} | {v['p_value']:.3f} |"
-            for k, v in corr.items()]
-  table = "\n".join(lines)
+  table = "\n".join([
+      markdown.table(cols, [[_label(str(r[c])) if c == "model" else
+                             f"{r[c]:.4f}" for c in cols] for r in rows]),
+      "", markdown.table(["intrinsic ~ extrinsic", "Spearman rho", "p"],
+                         [[k, f"{v['spearman']:.3f}", f"{v['p_value']:.3f}"]
+                          for k, v in corr.items()])])
   with open(os.path.join(logging_dir, "table.md"), "w") as f:
     f.write(table + "\n")
   scatter_plot(os.path.join(logging_dir, "scatter.png"),

@@ -129,15 +129,10 @@ def disparity(rows: Sequence[Mapping]) -> dict:
 def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
                    ) -> str:
   """A GitHub markdown table of dict rows (floats with 4 digits)."""
-  if not rows:
-    return ""
-  columns = list(columns or rows[0].keys())
-  fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
-  lines = ["| " + " | ".join(columns) + " |",
-           "| " + " | ".join("---" for _ in columns) + " |"]
-  for r in rows:
-    lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |")
-  return "\n".join(lines)
+  from trustjax import markdown
+  return markdown.dict_table(
+      rows, columns, lambda v: f"{v:.4f}" if isinstance(v, float) else str(v),
+      missing="")
 
 
 def plot_group_polarity(path: str, rows: Sequence[Mapping], title: str) -> None:

@@ -161,13 +161,8 @@ def _fmt(v: Any) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]],
                    columns: Sequence[str]) -> str:
   """A GitHub-markdown table of `rows` restricted to `columns`."""
-  def cell(v):
-    return _fmt(v).replace("|", "\\|").replace("\n", " ")
-  lines = ["| " + " | ".join(columns) + " |",
-           "|" + "---|" * len(columns)]
-  for r in rows:
-    lines.append("| " + " | ".join(cell(r.get(c)) for c in columns) + " |")
-  return "\n".join(lines)
+  from trustjax import markdown
+  return markdown.dict_table(rows, columns, _fmt) if columns else ""
 
 
 def write_results(sweep_dir: str, rows: Sequence[Mapping[str, Any]],
