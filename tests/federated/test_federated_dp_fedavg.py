@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from trustjax import federated as fl
+from trustjax.privacy import noise_normal
 from trustjax.privacy.accounting import epsilon_from_event
 
 from test_federated_rounds import _problem, loss_fn  # noqa: E402
@@ -55,6 +56,73 @@ def test_noise_std_is_sigma_c_over_expected_cohort():
   # std of 20000 N(0, 3^2) samples: 3 +- 3 * 4/sqrt(2*20000) at 4 sigma.
   assert abs(noise.std() - 3.0) < 3.0 * 4 / np.sqrt(40000)
   assert abs(noise.mean()) < 4 * 3.0 / np.sqrt(20000)
+
+
+def _zero_delta_rounds(mesh=None, rounds=2, adaptive=False):
+  """DP-FedAvg rounds whose client deltas are exactly 0 (client_lr=0): the
+  parameter change of a round is the server noise / expected_cohort."""
+  data, _ = _problem([4, 4, 4, 4], seed=5)
+  params = {"w": jnp.zeros((5, 3)), "b": jnp.zeros((3,)),
+            "big": jnp.zeros((70000,))}   # >= 65536: the chunked draw
+
+  def lf(p, batch, rng):
+    return loss_fn({"w": p["w"], "b": p["b"]}, batch, rng)
+  cfg = fl.DPFedAvgConfig(l2_clip=2.0, noise_multiplier=1.5, num_clients=4,
+                          expected_cohort=2.0,
+                          clipped_count_stddev=4.0 if adaptive else None)
+  alg = fl.dp_fedavg(lf, cfg, client_lr=0.0, seed=7)
+  st = alg.server_init(params)
+  states = [st]
+  for r in range(rounds):
+    cohort = fl.select_clients(data.client_sizes(), 4, round=r, seed=0)
+    st, _, _ = fl.run_round(alg, st, data, cohort, batch_size=4,
+                            local_epochs=1, seed=0, round=r, mesh=mesh)
+    states.append(jax.tree.map(np.asarray, st))
+  return cfg, states
+
+
+def test_noise_is_the_dp_sgd_draw_of_seed_and_round():
+  """Round r adds sigma C z / E[cohort] with z drawn, leaf by leaf, by
+  `noise_normal.normal` from split(split(fold_in(key(seed), r))[0], L):
+  the same noise function and seeding as DP-SGD's `add_gaussian_noise`."""
+  cfg, states = _zero_delta_rounds()
+  names = sorted(states[0]["params"])        # dict leaves: sorted keys
+  for r in range(2):
+    k_delta, _ = jax.random.split(jax.random.fold_in(jax.random.key(7), r))
+    keys = jax.random.split(k_delta, len(names))
+    for name, k in zip(names, keys):
+      shape = states[0]["params"][name].shape
+      z = np.asarray(noise_normal.normal(k, shape), np.float64)
+      # f32 rounding only (|params| < 9); jax.random.normal's draws differ
+      # from these by up to 2e-5 per standard normal, which this rejects.
+      np.testing.assert_allclose(
+          states[r + 1]["params"][name],
+          states[r]["params"][name] + 1.5 * 2.0 * z / 2.0, rtol=1e-6,
+          atol=1e-6, err_msg=f"{name} round {r}")
+      # Same Threefry bits as jax.random.normal; only the inverse CDF is the
+      # more accurate one (within 2.5e-5 per standard normal).
+      zj = np.asarray(jax.random.normal(k, shape), np.float64)
+      assert np.max(np.abs(z - zj)) < 2.5e-5
+  # Rounds draw different noise.
+  d0 = states[1]["params"]["big"] - states[0]["params"]["big"]
+  d1 = states[2]["params"]["big"] - states[1]["params"]["big"]
+  assert abs(np.corrcoef(d0, d1)[0, 1]) < 0.02
+
+
+def test_noise_identical_on_8_devices_and_1():
+  """The noise is drawn once from (seed, round), not per device: a round
+  sharded over 8 devices equals the same round on one device."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (simulated) devices; tests/conftest.py sets them")
+  _, one = _zero_delta_rounds(rounds=1, adaptive=True)
+  _, eight = _zero_delta_rounds(fl.make_client_mesh(8), rounds=1,
+                                adaptive=True)
+  for k in one[1]["params"]:
+    np.testing.assert_allclose(eight[1]["params"][k], one[1]["params"][k],
+                               rtol=1e-6, atol=1e-7, err_msg=k)
+  np.testing.assert_allclose(eight[1]["l2_clip"], one[1]["l2_clip"],
+                             rtol=1e-6)
+  assert float(one[1]["l2_clip"]) != 2.0   # adaptive clipping moved C
 
 
 def test_accounting_is_poisson_sampled_gaussian_per_round():

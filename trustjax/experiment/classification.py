@@ -738,11 +738,11 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
     from trustjax.privacy import make_dp_grad_fn
 
   def grad_fn(clip):
-    # Ghost clipping takes one (possibly traced, e.g. adaptive) clip norm but
-    # not per-layer thresholds, and does not yet run inside shard_map:
+    # Ghost clipping takes one (possibly traced, e.g. adaptive) clip norm,
+    # also inside shard_map (make_dp_grad_fn), but not per-layer thresholds:
     # per-example gradients then come from vmap.
     method = dp.method
-    if (dp.per_layer or mesh is not None) and method != "vmap":
+    if dp.per_layer and method != "vmap":
       method = "vmap"
     fn = clipped_grad(loss_with_value, clip, method=method,
                       microbatch_size=dp.microbatch_size or None,

@@ -26,6 +26,8 @@ import numpy as np
 from trustjax.federated.algorithms import _local_sgd
 from trustjax.federated.algorithms import Algorithm
 from trustjax.federated.selection import Cohort
+from trustjax.privacy import noise_normal
+from trustjax.privacy.noise import add_gaussian_noise
 
 
 def _global_norm(tree):
@@ -115,6 +117,16 @@ def dp_fedavg(loss_fn, config: DPFedAvgConfig, *, client_lr: float,
   Server state: params, clip norm, round counter and the noise key. All
   updates travel in the "summed" aggregate (unit weights): the estimator is
   sum / expected_cohort, as the accounting assumes.
+
+  Noise: round r draws from `key = fold_in(jax.random.key(seed), r)`, split
+  into `(k_delta, k_bit)`. The delta sum gets
+  `add_gaussian_noise(sum, sigma_delta * C, expected_cohort, k_delta)` (the
+  DP-SGD noise of `trustjax.privacy`: one key per leaf from
+  `split(k_delta, num_leaves)`, standard normals from
+  `trustjax.privacy.noise_normal.normal`, f32, fused on XLA), the unclipped
+  count `clipped_count_stddev * noise_normal.normal(k_bit, ())`. Every draw
+  is a function of (seed, round) only, so all processes of a multi-host run
+  and all device counts draw the same noise.
   """
   sigma_d = config.delta_noise_multiplier
   adaptive = config.clipped_count_stddev is not None
@@ -143,17 +155,14 @@ def dp_fedavg(loss_fn, config: DPFedAvgConfig, *, client_lr: float,
         server_state["noise_key"]), server_state["round"])
     k_delta, k_bit = jax.random.split(key)
     c = server_state["l2_clip"]
-    leaves, tdef = jax.tree.flatten(aggregate["summed"]["delta"])
-    keys = jax.random.split(k_delta, len(leaves))
-    noisy = [(x + sigma_d * c * jax.random.normal(k, x.shape, x.dtype))
-             / config.expected_cohort for x, k in zip(leaves, keys)]
-    mean_delta = jax.tree.unflatten(tdef, noisy)
+    mean_delta = add_gaussian_noise(aggregate["summed"]["delta"], sigma_d * c,
+                                    config.expected_cohort, k_delta)
     params = jax.tree.map(lambda p, d: p + config.server_lr * d,
                           server_state["params"], mean_delta)
     new_c = c
     if adaptive:
       bits = aggregate["summed"]["unclipped"] + \
-          config.clipped_count_stddev * jax.random.normal(k_bit, ())
+          config.clipped_count_stddev * noise_normal.normal(k_bit, ())
       frac = bits / config.expected_cohort
       new_c = c * jnp.exp(-config.clip_lr * (frac - config.target_quantile))
     return {"params": params, "l2_clip": new_c,

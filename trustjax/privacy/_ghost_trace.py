@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
 
@@ -42,6 +43,7 @@ abs sign floor ceil round is_finite eq ne lt le gt ge and or not xor select_n
 clamp erf erfc erf_inv lgamma digamma convert_element_type stop_gradient copy
 copy_p square rem nextafter real imag conj add_any reduce_precision
 shift_left shift_right_logical shift_right_arithmetic population_count
+pvary
 """.split())
 _TAP_ELEMENTWISE = frozenset(["add", "sub", "mul", "div", "max", "min",
                               "select_n"])
@@ -245,6 +247,10 @@ class _Analyzer:
 
   def _view(self, eqn, pv: PView, path):
     name = eqn.primitive.name
+    if name == "pvary":
+      # shard_map's invariant->varying cast: the same values. Not part of the
+      # chain; ghost.py casts the parameter to the type its use needs.
+      return pv
     if name not in _VIEW_PERM and name not in ("broadcast_in_dim", "slice",
                                                "reduce_sum", "neg"):
       return None
@@ -470,6 +476,10 @@ def evaluate(closed, args: list, taps: list, zs: list):
           outs = run(closed_inner.jaxpr, closed_inner.consts, invals, p)
         else:
           outs = run(closed_inner, (), invals, p)
+      elif name == "pvary":
+        # A tap may have made the operand varying already (zero perturbations
+        # vary along the mesh axes); cast only along the axes still missing.
+        outs = [pvary_missing(invals[0], eqn.params["axes"])]
       else:
         bind_params = eqn.primitive.get_bind_params(eqn.params)
         with eqn.ctx.manager:
@@ -486,6 +496,31 @@ def evaluate(closed, args: list, taps: list, zs: list):
 
   outs = run(closed.jaxpr, closed.consts, args, ())
   return outs, recorded, side_vals
+
+
+def varying_axes(tree: Any) -> tuple:
+  """Mesh axes along which some leaf of `tree` varies (inside `shard_map`).
+
+  Empty outside `shard_map`. Order: first appearance, for a stable trace.
+  """
+  axes = []
+  for x in jax.tree.leaves(tree):
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    names = getattr(mat, "varying", None)
+    if names is None:
+      names = getattr(aval, "vma", ())
+    for a in sorted(names, key=str):
+      if a not in axes:
+        axes.append(a)
+  return tuple(axes)
+
+
+def pvary_missing(x, axes):
+  """`x` cast to device-varying along those of `axes` it does not vary on."""
+  have = varying_axes(x)
+  missing = tuple(a for a in axes if a not in have)
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
 def row_view_fn(chain, side_vals, keep_precision=False) -> Callable:

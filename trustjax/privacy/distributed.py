@@ -57,6 +57,13 @@ def make_dp_grad_fn(clipped_grad_fn: Callable, mesh: jax.sharding.Mesh,
     results match the single-device call up to summation order. B must be
     divisible by the axis size D.
 
+  Every clipping method works per device, including ghost / book-keeping
+  clipping (`method="ghost"` or `"auto"`: the norms and sums are those of
+  the device's own rows, equal to one device's to float rounding). A loss
+  that uses its rng (dropout) on the ghost path draws from
+  `fold_in(rng, first_row_of_the_device)` per device instead of one rng for
+  the whole batch, so its randomness depends on the number of devices.
+
   Inputs may be host arrays (the same full value on every process; each
   device's slice is cut on its own host) or global jax.Arrays already laid
   out over `mesh` (from `shard_process_local`: each host loaded its rows).

@@ -28,6 +28,16 @@ batch axis, and primitives the analysis does not know (`scan`, `while`,
 with method="auto" then uses vmap). If the loss uses its rng (dropout) and
 some parameter needs the vmap fallback, every parameter falls back to vmap
 (with a warning) so all per-example gradients come from one consistent trace.
+
+Inside `jax.shard_map` (data-parallel clipping, `distributed.make_dp_grad_fn`)
+every device clips its own rows. The zero perturbations, the fallback
+parameters and the parameter views the per-example products are mapped back
+through are cast to device-varying along the mesh axes the inputs vary on
+(`_vary`): differentiating with respect to a device-invariant value would
+transpose shard_map's implicit invariant->varying cast into a `psum`,
+summing the output gradients of the examples at the same row of every
+device. `shard_map`'s own casts (`pvary`) in the traced loss are transparent
+to the analysis.
 """
 
 from __future__ import annotations
@@ -173,7 +183,10 @@ def ghost_clipped_grad(
       acc = jax.tree.map(jnp.add, acc, g)
       return acc, (st.per_example_norms, st.aux, st.num_nonfinite)
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
+    # Under shard_map the carry must have the chunks' sums' type: varying
+    # along every mesh axis the inputs vary on.
+    zeros = _vary(jax.tree.map(jnp.zeros_like, params),
+                  gt.varying_axes((params, batch, mask, rng)))
     grad_sum, (norms, aux, nonfin) = lax.scan(body, zeros, xs)
     norms = norms.reshape(b)
     aux = jax.tree.map(
@@ -187,6 +200,22 @@ def ghost_clipped_grad(
     return grad_sum, stats
 
   return fn
+
+
+def _vary(tree: Any, axes: tuple) -> Any:
+  """Casts every leaf of `tree` to device-varying along `axes` (no-op for
+  axes along which a leaf already varies, and outside `shard_map`).
+
+  Inside `shard_map`, differentiating with respect to a device-INVARIANT
+  value whose uses are varying transposes the implicit invariant->varying
+  cast into a `psum` over devices: the "per-example" output gradients of a
+  zero perturbation would be summed over the examples at the same row of
+  every device. Every value ghost clipping differentiates with respect to
+  is therefore made varying along all the axes its inputs vary on.
+  """
+  if not axes:
+    return tree
+  return jax.tree.map(lambda x: gt.pvary_missing(x, axes), tree)
 
 
 def cast_floats(tree: Any, dtype: Any) -> Any:
@@ -244,7 +273,11 @@ def _ghost_chunk(loss_with_aux, l2_clip, strategy, params, batch, mask, rng):
   # Unused params with no tap and not in fallback get zero gradients.
 
   # ---- one forward + one backward, w.r.t. zero perturbations at the taps.
-  zs0 = [jnp.zeros(t.tap_shape, _tap_dtype(t, p_leaves)) for t in taps]
+  # Under shard_map (data-parallel clipping) the perturbations must vary
+  # along the mesh axes, or their cotangents are psummed over devices.
+  axes = gt.varying_axes((flat_args, mask))
+  zs0 = _vary([jnp.zeros(t.tap_shape, _tap_dtype(t, p_leaves))
+               for t in taps], axes)
 
   def tapped(zs):
     outs, rec, side = gt.evaluate(closed, flat_args, taps, zs)
@@ -269,7 +302,7 @@ def _ghost_chunk(loss_with_aux, l2_clip, strategy, params, batch, mask, rng):
   fb_grads = None
   if fallback:
     fb_grads = _fallback_per_example(loss_with_aux, p_leaves, p_def, fallback,
-                                     batch, rng, b_leaves, b)
+                                     batch, rng, b_leaves, b, axes)
     for gleaf in fb_grads:
       sq = sq + jnp.sum(jnp.square(gleaf.astype(jnp.float32)).reshape(b, -1),
                         axis=1)
@@ -293,6 +326,7 @@ def _ghost_chunk(loss_with_aux, l2_clip, strategy, params, batch, mask, rng):
   for k in range(n_p):
     if grads[k] is None:
       grads[k] = jnp.zeros_like(p_leaves[k])
+  grads = _vary(grads, axes)   # one type for every leaf (and scan carries)
 
   num_real = jnp.sum(mask.astype(jnp.int32))
   clipped = jnp.sum((mask & (norms > l2_clip)).astype(jnp.float32))
@@ -353,7 +387,8 @@ def _tap_sqnorm(t, a, g, leaf, strategy, side):
 
 def _ew_per_example(t, g, leaf, side):
   f = gt.row_view_fn(t.chain, side, keep_precision=True)
-  _, vjp = jax.vjp(f, leaf)
+  # The vjp's cotangent g_i has g's type: the primal must vary as g does.
+  _, vjp = jax.vjp(f, _vary(leaf, gt.varying_axes(g)))
   return jax.vmap(lambda gi: vjp(gi.astype(leaf.dtype))[0])(g)
 
 
@@ -401,13 +436,18 @@ def _tap_weighted_sum(t, a, g, w, keep, leaf, side):
     return jnp.tensordot(w.astype(per.dtype), per, axes=1).astype(leaf.dtype)
   # Map the gradient of the view back through the (linear) view chain.
   _, vjp = jax.vjp(
-      lambda p: gt.apply_chain(t.chain, p, side, keep_precision=True), leaf)
+      lambda p: gt.apply_chain(t.chain, p, side, keep_precision=True),
+      _vary(leaf, gt.varying_axes(view)))
   return vjp(view.astype(leaf.dtype))[0]
 
 
 def _fallback_per_example(loss_with_aux, p_leaves, p_def, fallback, batch,
-                          rng, b_leaves, b):
-  """Per-example gradients [B, ...] of the fallback leaves only (vmap)."""
+                          rng, b_leaves, b, axes):
+  """Per-example gradients [B, ...] of the fallback leaves only (vmap).
+
+  The differentiated leaves are made varying along `axes` (see `_vary`), so
+  that under shard_map jax.grad does not psum them over devices.
+  """
   in_axes_b = jax.tree.map(lambda x: 0 if np.ndim(x) and np.shape(x)[0] == b
                            else None, batch)
 
@@ -420,5 +460,5 @@ def _fallback_per_example(loss_with_aux, p_leaves, p_def, fallback, batch,
     loss, _ = loss_with_aux(params, ex1, rng)
     return loss[0]
 
-  fb_vals = [p_leaves[k] for k in fallback]
+  fb_vals = _vary([p_leaves[k] for k in fallback], axes)
   return jax.vmap(jax.grad(single), in_axes=(None, in_axes_b))(fb_vals, batch)
