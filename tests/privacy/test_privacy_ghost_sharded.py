@@ -26,7 +26,8 @@ from flax import nnx
 from trustjax import models
 from trustjax.privacy.clipping import clipped_grad
 from trustjax.privacy.distributed import make_dp_grad_fn
-from test_privacy_ghost import _nnx_loss  # same wiring as on 1 device
+from test_privacy_ghost import Mixed  # the models and loss wiring of
+from test_privacy_ghost import _nnx_loss  # the 1-device tests
 
 RTOL = 1e-5
 
@@ -182,25 +183,6 @@ def test_transformer_classifier(caplog):
   # covered on the other models (each method costs one compilation).
   _sharded_checks(loss_fn, params, _text_batch(seed=12), _mask(16, 13),
                   caplog, methods=("auto",))
-
-
-class Mixed(nnx.Module):
-  """Ghost layers (embedding lookup rows, dense, head, conv bias) next to a
-  tied embedding, a conv kernel and a reparametrised weight, which fall
-  back to per-example vmap."""
-
-  def __init__(self, rngs, vocab=11, d=6):
-    self.embed = nnx.Embed(vocab, d, rngs=rngs)  # tied: lookup + output
-    self.conv = nnx.Conv(d, d, kernel_size=(3,), rngs=rngs)
-    self.log_scale = nnx.Param(0.1 * jnp.arange(d, dtype=jnp.float32))
-    self.dense = nnx.Linear(d, d, rngs=rngs)
-    self.head = nnx.Linear(vocab, 3, rngs=rngs)
-
-  def __call__(self, ids):
-    x = self.embed(ids)
-    x = jax.nn.relu(self.conv(x)) * jnp.exp(self.log_scale[...])[None, None]
-    x = self.dense(x).mean(axis=1)
-    return self.head(self.embed.attend(x))
 
 
 def test_mixed_supported_and_fallback(caplog):
