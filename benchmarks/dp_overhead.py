@@ -11,7 +11,10 @@ Workloads: (a) MLP 784-512-512-10, B=256; (b) transformer classifier (vocab
 LM (6 layers, d=384, 6 heads, T=128, B=16, untied head, vocab --lm_vocab).
 Each step = clipped gradient sum (or plain gradient) + Gaussian noise (DP
 only) + Adam update, one jitted function. Arms (--methods):
-  nonprivate      mean loss, jax.grad, Adam.
+  nonprivate      mean loss, jax.grad, Adam; the transformers with their dense
+                  layers on [B*T, d] (`Transformer(fold=True)`, same function,
+                  the fastest JAX formulation found on XLA:CPU).
+  nonprivate_unfolded  the same on the [B, T, d] model the DP arms use.
   vmap            clipped_grad(method="vmap") + dpsgd(Adam) (library noise).
   micro_vmap      the same in chunks of B/8 (microbatch_size).
   ghost           clipped_grad(method="ghost") + dpsgd(Adam).
@@ -63,10 +66,27 @@ class MLP(nnx.Module):
     return self.l3(jax.nn.relu(self.l2(jax.nn.relu(self.l1(x)))))
 
 
+def _dense(layer, x, fold):
+  """`layer(x)` for x[..., d]; `fold`: applied to x reshaped to [N, d].
+
+  Same function either way. Folded, the weight gradient is one 2-D
+  `dot(x[N,d], g[N,f])` contracting axis 0; unfolded (x[B,T,d]), XLA:CPU
+  (jaxlib 0.10.2) canonicalises the two contracting axes (B, T) by
+  materialising a transposed copy of g and then runs an Eigen dot with both
+  operands transposed: 15-27% of the transformer step's CPU time (session 4,
+  benchmarks/peers/README.md). Ghost clipping needs the batch axis leading
+  (a reshape merging axis 0 is "mixed"), so only the non-private arms fold.
+  """
+  if not fold or x.ndim <= 2:
+    return layer(x)
+  y = layer(x.reshape(-1, x.shape[-1]))
+  return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 class Block(nnx.Module):
 
-  def __init__(self, d, heads, d_ff, causal, rngs):
-    self.heads, self.causal = heads, causal
+  def __init__(self, d, heads, d_ff, causal, rngs, fold=False):
+    self.heads, self.causal, self.fold = heads, causal, fold
     self.ln1 = nnx.LayerNorm(d, rngs=rngs)
     self.qkv = nnx.Linear(d, 3 * d, rngs=rngs)
     self.o = nnx.Linear(d, d, rngs=rngs)
@@ -76,30 +96,41 @@ class Block(nnx.Module):
 
   def __call__(self, x, tok_mask):
     b, t, d = x.shape
-    q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
+    lin = lambda layer, y: _dense(layer, y, self.fold)
+    q, k, v = jnp.split(lin(self.qkv, self.ln1(x)), 3, axis=-1)
     hd = d // self.heads
-    q, k, v = (y.reshape(b, t, self.heads, hd) for y in (q, k, v))
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(hd)
+    # Heads-first [B, H, T, hd] (as torch's q.view(...).transpose(1, 2)):
+    # the attention dots are then plain batched GEMMs (~4% less CPU time on
+    # (c) than "bqhd,bkhd->bhqk" in one single-thread run; same on (b)).
+    q, k, v = (y.reshape(b, t, self.heads, hd).transpose(0, 2, 1, 3)
+               for y in (q, k, v))
+    s = jnp.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(hd)
     allowed = tok_mask[:, None, None, :]
     if self.causal:
       allowed = allowed & jnp.tril(jnp.ones((t, t), bool))[None, None]
     s = jnp.where(allowed, s, -1e9)
-    a = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v)
-    x = x + self.o(a.reshape(b, t, d))
-    return x + self.ff2(jax.nn.gelu(self.ff1(self.ln2(x))))
+    a = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s, axis=-1), v)
+    x = x + lin(self.o, a.transpose(0, 2, 1, 3).reshape(b, t, d))
+    return x + lin(self.ff2, jax.nn.gelu(lin(self.ff1, self.ln2(x))))
 
 
 class Transformer(nnx.Module):
-  """Encoder classifier (causal=False) or causal LM (causal=True)."""
+  """Encoder classifier (causal=False) or causal LM (causal=True).
 
-  def __init__(self, vocab, d, layers, heads, d_ff, t, out, causal, rngs):
+  `fold=True` applies every dense layer to [B*T, d] (`_dense`): same
+  function and parameters, faster non-private gradient on XLA:CPU, but not
+  ghost-clippable (DP arms use fold=False).
+  """
+
+  def __init__(self, vocab, d, layers, heads, d_ff, t, out, causal, rngs,
+               fold=False):
     self.embed = nnx.Embed(vocab, d, rngs=rngs)
     self.pos = nnx.Embed(t, d, rngs=rngs)
-    self.blocks = nnx.List([Block(d, heads, d_ff, causal, rngs)
+    self.blocks = nnx.List([Block(d, heads, d_ff, causal, rngs, fold)
                             for _ in range(layers)])
     self.ln = nnx.LayerNorm(d, rngs=rngs)
     self.head = nnx.Linear(d, out, rngs=rngs)
-    self.causal = causal
+    self.causal, self.fold = causal, fold
 
   def __call__(self, ids, tok_mask):
     t = ids.shape[1]
@@ -108,7 +139,7 @@ class Transformer(nnx.Module):
       x = blk(x, tok_mask)
     x = self.ln(x)
     if self.causal:
-      return self.head(x)
+      return _dense(self.head, x, self.fold)
     m = tok_mask.astype(x.dtype)[..., None]
     return self.head(jnp.sum(x * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0))
 
@@ -118,7 +149,9 @@ def _ce(logits, labels):
   return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
 
 
-def workload(name, lm_vocab):
+def workload(name, lm_vocab, fold=False):
+  """(loss_fn, params, batch, B) of workload `name`; `fold`: Transformer(fold)
+  (same params and batch; the MLP of (a) is unaffected)."""
   rng = np.random.default_rng(0)
   if name == "a":
     model, b = MLP(nnx.Rngs(0)), 256
@@ -127,7 +160,8 @@ def workload(name, lm_vocab):
     apply = lambda m, bt: _ce(m(bt["x"]), bt["label"])
   elif name == "b":
     b, t = 64, 64
-    model = Transformer(8192, 128, 2, 4, 512, t, 10, False, nnx.Rngs(0))
+    model = Transformer(8192, 128, 2, 4, 512, t, 10, False, nnx.Rngs(0),
+                        fold)
     batch = {"ids": rng.integers(0, 8192, (b, t)).astype(np.int32),
              "mask": np.arange(t)[None] < rng.integers(8, t + 1, (b, 1)),
              "label": rng.integers(0, 10, b).astype(np.int32)}
@@ -135,7 +169,7 @@ def workload(name, lm_vocab):
   elif name == "c":
     b, t = 16, 128
     model = Transformer(lm_vocab, 384, 6, 6, 1536, t, lm_vocab, True,
-                        nnx.Rngs(0))
+                        nnx.Rngs(0), fold)
     batch = {"ids": rng.integers(0, lm_vocab, (b, t + 1)).astype(np.int32)}
 
     def apply(m, bt):
@@ -185,7 +219,7 @@ def _jax_normal_noise(l2_clip, sigma, expected_batch_size, seed):
 
 def make_optimizer(kind, b, opt):
   """The optimizer of an arm: `opt` behind the arm's Gaussian noise."""
-  if kind in ("nonprivate", "ghost_nonoise"):
+  if kind in ("nonprivate", "nonprivate_unfolded", "ghost_nonoise"):
     return opt
   if kind == "auto_jaxnormal":
     return optax.chain(_jax_normal_noise(L2_CLIP, SIGMA, b, 0), opt)
@@ -198,7 +232,7 @@ def make_step(kind, loss_fn, b, opt):
   `opt` is the plain optimizer; DP arms put it behind their noise transform
   (`make_optimizer`), so their opt_state is `make_optimizer(...).init(p)`.
   """
-  if kind == "nonprivate":
+  if kind in ("nonprivate", "nonprivate_unfolded"):
     def grads(p, bt, m):
       f = lambda p_: jnp.sum(jnp.where(m, loss_fn(p_, bt, None)[0], 0.0)) / b
       return jax.grad(f)(p)
@@ -219,6 +253,7 @@ def make_step(kind, loss_fn, b, opt):
     tx = make_optimizer(kind, b, opt)
   else:
     raise ValueError(f"unknown kind {kind!r}; valid: nonprivate, "
+                     "nonprivate_unfolded, "
                      f"{', '.join(DP_KINDS)}")
 
   def step(p, s, bt, m):
@@ -260,7 +295,8 @@ def main():
   ap.add_argument("--lm_vocab", type=int, default=8192)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--methods",
-                  default="nonprivate,vmap,micro_vmap,ghost,auto,"
+                  default="nonprivate,nonprivate_unfolded,vmap,micro_vmap,"
+                  "ghost,auto,"
                   "auto_jaxnormal,ghost_nonoise,auto_bf16")
   args = ap.parse_args()
   kinds = args.methods.split(",")
@@ -269,6 +305,7 @@ def main():
   for name in args.workloads.split(","):
     load0 = os.getloadavg()[0]
     loss_fn, params, batch, b = workload(name, args.lm_vocab)
+    loss_fold = workload(name, args.lm_vocab, fold=True)[0]
     opt = optax.adam(1e-3)
     res = {"benchmark": "dp_overhead", "workload": name, "batch": b,
            "timed_steps_per_arm": rounds * per_round, "jax": jax.__version__,
@@ -278,7 +315,8 @@ def main():
     arms = {}
     for kind in kinds:
       arms[kind], res[f"{kind}_temp_bytes"], cs = compile_arm(
-          kind, loss_fn, params, batch, b, opt)
+          kind, loss_fold if kind == "nonprivate" else loss_fn, params, batch,
+          b, opt)
       res[f"{kind}_compile_s"] = round(cs, 2)
     for run in arms.values():
       for _ in range(args.warmup):

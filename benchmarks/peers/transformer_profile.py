@@ -11,7 +11,9 @@ per library.
   XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true \
     python benchmarks/peers/transformer_profile.py --workload=c --steps=3
 
-`--time_only` skips profiling and prints median fwd+bwd ms of both, so XLA
+`--fold` profiles the token-folded JAX model (dense layers on [B*T, d],
+the formulation of dp_overhead's non-private arm); without it, the [B, T, d]
+model. `--time_only` skips profiling and prints median fwd+bwd ms of both, so XLA
 flag variants can be compared, e.g. XLA_FLAGS=--xla_cpu_use_onednn=true.
 """
 
@@ -144,11 +146,14 @@ def main():
   ap.add_argument("--lm_vocab", type=int, default=8192)
   ap.add_argument("--threads", type=int, default=os.cpu_count())
   ap.add_argument("--time_only", action="store_true")
+  ap.add_argument("--fold", action="store_true",
+                  help="JAX dense layers on [B*T, d] (dp_overhead fold=True)")
   ap.add_argument("--libs", default="jax,torch")
   args = ap.parse_args()
   torch.set_num_threads(args.threads)
   loss_fn, params, batch, _ = dp_overhead.workload(args.workload,
-                                                   args.lm_vocab)
+                                                   args.lm_vocab,
+                                                   fold=args.fold)
   make, inputs, target, is_lm = peers.torch_workload(args.workload,
                                                      args.lm_vocab, batch)
   for lib in args.libs.split(","):
