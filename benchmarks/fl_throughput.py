@@ -144,7 +144,10 @@ def main():
         "speedup_vs_sequential_rows": round(
             med.get("sequential_rows", float("nan")) / v, 2),
         "padding_efficiency": round(metrics["padding_efficiency"], 3),
-        "jax": jax.__version__, "devices": jax.device_count()}), flush=True)
+        "jax": jax.__version__, "devices": jax.device_count(),
+        # The 1-minute load average at the end: compare only same-run
+        # ratios when other processes share the CPU.
+        "load1": round(os.getloadavg()[0], 2)}), flush=True)
 
 
 if __name__ == "__main__":

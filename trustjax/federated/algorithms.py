@@ -80,10 +80,17 @@ def _local_sgd(loss_fn, params, batches, rng, lr, grad_correction=None,
             loss_sum + jnp.where(real, loss, 0.0)), None
 
   data = {k: v for k, v in batches.items() if k != "example_mask"}
-  s = mask.shape[0]
-  (params, n, loss_sum), _ = jax.lax.scan(
-      step, (params, jnp.zeros((), jnp.int32), jnp.zeros(())),
-      (data, mask, jnp.arange(s)))
+  xs = (data, mask, jnp.arange(mask.shape[0]))
+  carry = (params, jnp.zeros((), jnp.int32), jnp.zeros(()))
+  if mask.shape[0] == 1:
+    # One step (most clients of heavy-tailed populations) runs without a
+    # scan: under `vmap` over clients its parameters are then the shared
+    # server ones and its matmuls one product for all clients, where a scan
+    # carry is batched (a copy of the weights per client) from the start.
+    carry, _ = step(carry, jax.tree.map(lambda x: x[0], xs))
+  else:
+    carry, _ = jax.lax.scan(step, carry, xs)
+  params, n, loss_sum = carry
   return params, n, loss_sum / jnp.maximum(n, 1)
 
 

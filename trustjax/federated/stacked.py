@@ -27,10 +27,10 @@ import numpy as np
 
 from trustjax.federated.algorithms import Algorithm
 from trustjax.federated.data import FederatedData
+from trustjax.federated.rounds import client_rows
 from trustjax.federated.rounds import cohort_aggregate
 from trustjax.federated.rounds import cohort_buckets
 from trustjax.federated.rounds import cohort_members
-from trustjax.federated.rounds import compact_rows
 from trustjax.federated.rounds import row_budget
 from trustjax.federated.rounds import row_sparse_rows
 from trustjax.federated.rounds import RowSparse
@@ -105,20 +105,21 @@ def run_round_stacked(make_algorithm: Callable[[Mapping[str, Any]],
         jax.tree.map(lambda x: x[0], server_states["params"]), row_sparse)
     budget = row_budget(data, row_sparse, batch_size=batch_size,
                         local_epochs=local_epochs)
+    table = client_rows(data, row_sparse.ids, num_rows)
   total = None
   loss = np.zeros(k)
   for bucket in cohort_buckets(data, clients, weights, ndev=1,
                                batch_size=batch_size,
                                local_epochs=local_epochs):
-    per_model = [bucket.batches(data, seed=s, round=round) for s in seeds]
-    rows = None
-    if row_sparse is not None:
-      compacted = [compact_rows(b, row_sparse, num_rows,
-                                budget.get((bucket.steps, bucket.rows)))
-                   for b in per_model]
-      rows = compacted[0][1]
-      if rows is not None:
-        per_model = [b for b, _ in compacted]
+    # As in `run_round`: row-sparse unless the rows exceed half the table.
+    u = budget[(bucket.steps, bucket.rows)] if row_sparse else None
+    rows = renumbered = None
+    if u is not None and 2 * u <= num_rows:
+      # A client's rows depend on its data only: shared by the K models.
+      rows = bucket.row_table(table, None, u, num_rows)
+      renumbered = (row_sparse.ids, table.local)
+    per_model = [bucket.batches(data, seed=s, round=round,
+                                renumbered=renumbered) for s in seeds]
     batches = {name: np.stack([b[name] for b in per_model])
                for name in per_model[0]}
     ids = jnp.asarray(bucket.ids)
