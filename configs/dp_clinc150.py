@@ -32,8 +32,22 @@ benchmarks/privacy_utility.py). Measured on the 2-core CPU: 77.8% in-scope
 test accuracy at total epsilon 7.95 (delta 2.5e-5), 222 steps, about a minute
 of training (the public-BPE default: 74.1%).
 
+`:dp_words_ema` is `:dp_words` with expected batch 6144 for 90 epochs (the
+same 222 steps; sigma 4.14 calibrated to the same total epsilon) evaluated
+with an exponential moving average of the parameters
+(`optimizer.ema_decay=0.999` with warm-up, De et al. 2022; post-processing
+of the DP iterates, so it costs no privacy). Chosen on the mean validation
+in-scope accuracy over seeds 0-2 among EMA variants (batch 2048 to 6144,
+30 to 90 epochs, lr, decay): 78.9% / 79.3% / 79.5% in-scope test accuracy
+for seeds 0 / 1 / 2 at total epsilon 7.99, delta 2.5e-5 (target 80%: not
+met). About three times the compute of `:dp_words`.
+
+Other training options (defaults keep the plain constant-rate optimizer):
+`--config.optimizer.schedule=cosine|linear` with `warmup_steps` and
+`final_lr_fraction` (on this task both did worse than the constant rate).
+
 Variants: `:smoke` (seconds; for tests), `:demo` (what `make demo` runs),
-`:transformer`, `:dp_words`.
+`:transformer`, `:dp_words`, `:dp_words_ema`.
 """
 
 from trustjax.experiment.classification import apply_smoke, base_config
@@ -53,12 +67,16 @@ def get_config(arg: str | None = None):
     pass
   elif arg == "demo":
     config.num_epochs = 10.0
-  elif arg == "dp_words":
+  elif arg in ("dp_words", "dp_words_ema"):
     config.data.tokenizer = "dp_words"
     # Chosen on the validation split at a total epsilon of 8 (BENCHMARKS.md).
     config.data.vocab_epsilon = 4.0
     config.data.vocab_max_words = 8
     config.batch_size = 2048
+    if arg == "dp_words_ema":
+      config.batch_size = 6144
+      config.num_epochs = 90.0
+      config.optimizer.ema_decay = 0.999
   elif arg == "transformer":
     config.model.name = "transformer"
     config.optimizer.learning_rate = 0.003
@@ -66,5 +84,6 @@ def get_config(arg: str | None = None):
     apply_smoke(config)
   else:
     raise ValueError(f"unknown variant {arg!r} of configs/dp_clinc150.py; "
-                     "valid: default, demo, transformer, dp_words, smoke")
+                     "valid: default, demo, transformer, dp_words, "
+                     "dp_words_ema, smoke")
   return config

@@ -79,7 +79,21 @@ def base_config() -> ConfigDict:
   c.model = ConfigDict(dict(
       name="bag", d_embed=128, d_hidden=256, d_model=128, num_layers=2,
       num_heads=4, d_ff=512, dropout=0.0))
-  c.optimizer = ConfigDict(dict(name="adam", learning_rate=1e-3))
+  c.optimizer = ConfigDict(dict(
+      name="adam",              # adam | adamw | sgd (momentum 0.9)
+      learning_rate=1e-3,       # the peak learning rate with a schedule
+      # Learning-rate schedule over the run's steps (`lr_schedule`): linear
+      # warm-up over warmup_steps, then constant | cosine | linear decay to
+      # final_lr_fraction * learning_rate at the last step.
+      schedule="constant",
+      warmup_steps=0,
+      final_lr_fraction=0.0,
+      # > 0: evaluate (and return) an exponential moving average of the
+      # parameters with this decay (`trustjax.privacy.ema_update`, warm-up
+      # min(decay, (1+t)/(10+t)) when ema_warmup). With DP it is
+      # post-processing of the noisy iterates: no privacy cost.
+      ema_decay=0.0,
+      ema_warmup=True))
   c.batch_size = 64             # DP: the EXPECTED batch size q * n
   c.num_epochs = 8.0
   c.num_steps = 0               # 0 -> num_epochs * n / batch_size
@@ -165,8 +179,18 @@ def validate_config(config: ConfigDict) -> None:
   if config.optimizer.learning_rate <= 0:
     bad("optimizer.learning_rate", config.optimizer.learning_rate,
         "must be > 0")
-  if config.optimizer.name not in ("adam", "sgd", "adamw"):
-    bad("optimizer.name", config.optimizer.name, "valid: adam, sgd, adamw")
+  oc = config.optimizer
+  if oc.name not in ("adam", "sgd", "adamw"):
+    bad("optimizer.name", oc.name, "valid: adam, sgd, adamw")
+  if oc.schedule not in ("constant", "cosine", "linear"):
+    bad("optimizer.schedule", oc.schedule, "valid: constant, cosine, linear")
+  if oc.warmup_steps < 0:
+    bad("optimizer.warmup_steps", oc.warmup_steps, "must be >= 0")
+  if not 0.0 <= oc.final_lr_fraction <= 1.0:
+    bad("optimizer.final_lr_fraction", oc.final_lr_fraction,
+        "must be in [0, 1] (a fraction of the peak learning rate)")
+  if not 0.0 <= oc.ema_decay < 1.0:
+    bad("optimizer.ema_decay", oc.ema_decay, "must be in [0, 1) (0: no EMA)")
   if config.data.name not in ("clinc150", "synthetic", "file"):
     bad("data.name", config.data.name, "valid: clinc150, synthetic, file")
   if config.data.tokenizer not in ("word", "gpt2", "dp_words"):
@@ -356,14 +380,36 @@ def _head(split, n):
 # --------------------------------------------------------------------------
 
 
-def _optimizer(config: ConfigDict):
-  import optax
+def lr_schedule(config: ConfigDict, learning_rate, steps: int | None):
+  """The learning rate, or `count -> rate` under `config.optimizer.schedule`.
+
+  Linear warm-up to `learning_rate` over `warmup_steps` updates, then
+  constant, or a cosine or linear decay reaching `final_lr_fraction *
+  learning_rate` at update `steps - 1`. `learning_rate` may be traced (a
+  stacked sweep's per-model value); `steps` is the run's number of updates.
+  """
+  import jax.numpy as jnp
   oc = config.optimizer
-  if oc.name == "adam":
-    return optax.adam(oc.learning_rate)
-  if oc.name == "adamw":
-    return optax.adamw(oc.learning_rate)
-  return optax.sgd(oc.learning_rate, momentum=0.9)
+  if oc.schedule == "constant" and not oc.warmup_steps:
+    return learning_rate
+  if steps is None:
+    raise ValueError(f"config.optimizer.schedule={oc.schedule!r} / "
+                     f"warmup_steps={oc.warmup_steps} need the run's number "
+                     "of steps")
+  warm, final = int(oc.warmup_steps), float(oc.final_lr_fraction)
+  span = max(1, steps - 1 - warm)
+
+  def rate(count):
+    t = jnp.asarray(count, jnp.float32)
+    factor = jnp.minimum(1.0, (t + 1.0) / warm) if warm else 1.0
+    frac = jnp.clip((t - warm) / span, 0.0, 1.0)
+    if oc.schedule == "cosine":
+      factor = factor * (final + (1 - final) * 0.5 *
+                         (1 + jnp.cos(jnp.pi * frac)))
+    elif oc.schedule == "linear":
+      factor = factor * (1 - (1 - final) * frac)
+    return learning_rate * factor
+  return rate
 
 
 def num_train_steps(config: ConfigDict, num_examples: int) -> int:
@@ -757,8 +803,9 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
     extra = {"l2_clip": clip} if dp.adaptive_clip else {}
     updates, opt_state = tx.update(grad_sum, opt_state, params, **extra)
     metrics = _dp_metrics(stats, row_mask)
-    new = {"params": optax.apply_updates(params, updates),
-           "opt_state": opt_state}
+    new = _with_ema(config, state, {
+        "params": optax.apply_updates(params, updates),
+        "opt_state": opt_state})
     if dp.adaptive_clip:
       new["l2_clip"], _ = quantile_clip_update(
           clip, stats.per_example_norms, row_mask, k_count,
@@ -791,30 +838,58 @@ def _simple_step(config: ConfigDict) -> bool:
                               or dp.num_devices > 1))
 
 
-def _opt_from(name: str, learning_rate):
+def _opt_from(config: ConfigDict, learning_rate, steps: int | None):
+  """The configured optimizer at `lr_schedule(config, learning_rate, steps)`."""
   import optax
+  name = config.optimizer.name
+  lr = lr_schedule(config, learning_rate, steps)
   if name == "adam":
-    return optax.adam(learning_rate)
+    return optax.adam(lr)
   if name == "adamw":
-    return optax.adamw(learning_rate)
-  return optax.sgd(learning_rate, momentum=0.9)
+    return optax.adamw(lr)
+  return optax.sgd(lr, momentum=0.9)
 
 
-def _tx(config: ConfigDict, hp: dict, privacy: Privacy | None, key=0):
+def _tx(config: ConfigDict, hp: dict, privacy: Privacy | None, key=0,
+        steps: int | None = None):
   """The run's optax transform from hyperparameters (concrete or traced).
 
   The state structure does not depend on the values, so the state built from
-  concrete values at init is the one the traced step updates.
+  concrete values at init is the one the traced step updates. `steps` (the
+  run's number of updates; default `privacy.steps`) feeds `lr_schedule`.
   """
   from trustjax.privacy import dpsgd
-  opt = _opt_from(config.optimizer.name, hp["learning_rate"])
+  if steps is None and privacy is not None:
+    steps = privacy.steps
   if privacy is None:
-    return opt
+    return _opt_from(config, hp["learning_rate"], steps)
   sigma0, decay, spe = (hp["noise_multiplier"], privacy.decay,
                         privacy.steps_per_epoch)
+  opt = _opt_from(config, hp["learning_rate"], steps)
   schedule = sigma0 if decay == 1.0 else (
       lambda count: sigma0 * decay ** (count // spe))
   return dpsgd(opt, hp["l2_clip"], schedule, hp["expected_batch_size"], key)
+
+
+def eval_params(state: dict):
+  """The parameters a run evaluates and returns: the EMA when kept."""
+  return state.get("ema", state["params"])
+
+
+def _with_ema(config: ConfigDict, state: dict, new: dict) -> dict:
+  """Adds the updated parameter EMA to the new state when one is kept.
+
+  `trustjax.privacy.ema_update` of the new (noisy) parameters: a function of
+  the DP iterates only, so post-processing (no privacy cost).
+  """
+  oc = config.optimizer
+  if not oc.ema_decay:
+    return new
+  from trustjax.privacy import ema_update
+  new["ema"] = ema_update(state["ema"], new["params"], state["ema_count"],
+                          oc.ema_decay, oc.ema_warmup)
+  new["ema_count"] = state["ema_count"] + 1
+  return new
 
 
 def _hparams(config: ConfigDict, privacy: Privacy | None) -> dict:
@@ -829,14 +904,16 @@ def _hparams(config: ConfigDict, privacy: Privacy | None) -> dict:
 
 
 def _hp_step(config: ConfigDict, loss_fn, privacy: Privacy | None,
-             static_clip: float | None):
+             static_clip: float | None, steps: int | None = None):
   """Pure `(state, hp, batch, row_mask, key) -> (state, metrics)`.
 
   One model's update with the learning rate, clip norm, noise multiplier and
   expected batch size taken from `hp` (so `vmap` can give each model its
   own). `static_clip`, when all models share one clip norm, is baked in as a
   constant (as a separate run has it), so stacked and separate runs compile
-  the same clipping code.
+  the same clipping code. `steps`: the run's number of updates (for a
+  learning-rate schedule; default `privacy.steps`). With
+  `optimizer.ema_decay`, the state also carries "ema" and "ema_count".
   """
   import jax
   import jax.numpy as jnp
@@ -851,10 +928,11 @@ def _hp_step(config: ConfigDict, loss_fn, privacy: Privacy | None,
         w = row_mask.astype(per_ex.dtype)
         return jnp.dot(per_ex, w) / jnp.maximum(w.sum(), 1.0)
       loss, grads = jax.value_and_grad(mean_loss)(params)
-      updates, opt_state = _tx(config, hp, None).update(grads, opt_state,
-                                                         params)
-      return {"params": optax.apply_updates(params, updates),
-              "opt_state": opt_state}, {"loss": loss}
+      updates, opt_state = _tx(config, hp, None, steps=steps).update(
+          grads, opt_state, params)
+      return _with_ema(config, state, {
+          "params": optax.apply_updates(params, updates),
+          "opt_state": opt_state}), {"loss": loss}
     return step
 
   from trustjax.privacy import clipped_grad
@@ -873,11 +951,12 @@ def _hp_step(config: ConfigDict, loss_fn, privacy: Privacy | None,
                       nan_policy=dp.nan_policy)
     k_grad, _ = jax.random.split(key)
     grad_sum, stats = fn(params, batch, row_mask, k_grad)
-    updates, opt_state = _tx(config, hp, privacy).update(grad_sum, opt_state,
-                                                          params)
+    updates, opt_state = _tx(config, hp, privacy, steps=steps).update(
+        grad_sum, opt_state, params)
     metrics = _dp_metrics(stats, row_mask)
-    return {"params": optax.apply_updates(params, updates),
-            "opt_state": opt_state}, metrics
+    return _with_ema(config, state, {
+        "params": optax.apply_updates(params, updates),
+        "opt_state": opt_state}), metrics
   return step
 
 
@@ -1015,13 +1094,18 @@ def _setup_model(config, workdir, data, params, loss_fn, rows,
   if privacy is not None and not _simple_step(config):
     m = privacy.mechanism
     # Adaptive clipping passes C_t at each update (l2_clip=None here).
-    tx = dpsgd(_optimizer(config),
-               None if config.dp.adaptive_clip else privacy.clip,
+    opt = _opt_from(config, config.optimizer.learning_rate, steps)
+    tx = dpsgd(opt, None if config.dp.adaptive_clip else privacy.clip,
                privacy.noise_schedule(), m.expected_batch_size, config.seed)
   else:
     tx = _tx(config, {k: float(v) for k, v in hp.items()}, privacy,
-             key=config.seed)
+             key=config.seed, steps=steps)
   state = {"params": params, "opt_state": tx.init(params)}
+  if config.optimizer.ema_decay:
+    # Copies: the step donates its state, and params and ema must not share
+    # buffers.
+    state["ema"] = jax.tree.map(jnp.copy, params)
+    state["ema_count"] = jnp.zeros((), jnp.int32)
   if privacy is not None and config.dp.adaptive_clip:
     state["l2_clip"] = jnp.asarray(config.dp.l2_clip, jnp.float32)
   mesh = _data_mesh(config)
@@ -1081,7 +1165,7 @@ def _log(model: _Model, done: int, steps: int, metrics: dict, eps: _Epsilons,
           "set dp.nan_policy=drop (such rows then contribute zero)")
     metrics["epsilon"] = eps(model, done)
   if config.eval_every and done % config.eval_every == 0:
-    val = evaluate(predict, model.state["params"], data.arrays["val"],
+    val = evaluate(predict, eval_params(model.state), data.arrays["val"],
                    config.eval_batch_size, data.oos_label)
     metrics.update({f"val_{k}": v for k, v in val.items()})
   model.writer.write(done, metrics)
@@ -1251,7 +1335,7 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
       m.ckpt.close()
       with open(s) as f:
         out.append(json.load(f))
-    return (out, [m.state["params"] for m in models]) if return_params \
+    return (out, [eval_params(m.state) for m in models]) if return_params \
         else out
   progress = tjx.Progress(
       steps, initial_step=start,
@@ -1282,7 +1366,7 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
   if stacked or _simple_step(config):
     step_fn = _hp_step(config, loss_fn, models[0].privacy if
                        config.dp.enabled else None,
-                       _static_clip(models))
+                       _static_clip(models), steps=steps)
   if stacked:
     # One batch length for all models: DP samplers over subsets of
     # different sizes may have different maxima; pad with masked rows.
@@ -1329,7 +1413,8 @@ def _run_models(configs, workdirs, *, overwrite, stop_after, train_masks,
     out = [{"stopped_at": end} for _ in models]
   else:
     out = [_finish(m, data, predict, steps, train_time, eps) for m in models]
-  return (out, [m.state["params"] for m in models]) if return_params else out
+  return (out, [eval_params(m.state) for m in models]) if return_params \
+      else out
 
 
 def _check_processes(configs, stacked: bool) -> None:
@@ -1376,7 +1461,7 @@ def _finish(m: _Model, data, predict, steps, train_time, eps) -> dict:
     if split == "train":
       arrays = {k: v[m.rows] for k, v in arrays.items()}
     if len(arrays["label"]):
-      res = evaluate(predict, m.state["params"], arrays,
+      res = evaluate(predict, eval_params(m.state), arrays,
                      config.eval_batch_size, data.oos_label)
       summary.update({f"{split}_{k}": v for k, v in res.items()})
   if data.vocab_release is not None:

@@ -20,6 +20,8 @@ from trustjax.privacy.accounting import noise_decay_schedule
 from trustjax.privacy.accounting import noise_multiplier_at
 from trustjax.privacy.accounting import schedule_event
 from trustjax.privacy.accounting import Segment
+from trustjax.privacy.averaging import ema_decay_at
+from trustjax.privacy.averaging import ema_update
 from trustjax.privacy.budget import BudgetExceededError
 from trustjax.privacy.budget import event_from_json
 from trustjax.privacy.budget import event_to_json
