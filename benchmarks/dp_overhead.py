@@ -11,10 +11,12 @@ Workloads: (a) MLP 784-512-512-10, B=256; (b) transformer classifier (vocab
 LM (6 layers, d=384, 6 heads, T=128, B=16, untied head, vocab --lm_vocab).
 Each step = clipped gradient sum (or plain gradient) + Gaussian noise (DP
 only) + Adam update, one jitted function. Arms (--methods):
-  nonprivate      mean loss, jax.grad, Adam; the transformers with their dense
-                  layers on [B*T, d] (`Transformer(fold=True)`, same function,
-                  the fastest JAX formulation found on XLA:CPU).
-  nonprivate_unfolded  the same on the [B, T, d] model the DP arms use.
+  nonprivate      mean loss, jax.grad, Adam. Every arm but the next runs
+                  the transformers with their dense layers on [B*T, d]
+                  (`Transformer(fold=True)`, as `trustjax.models.dense`: same
+                  function, the fastest JAX formulation found on XLA:CPU;
+                  ghost clipping follows the folded rows since session 4).
+  nonprivate_unfolded  the same on the [B, T, d] formulation.
   vmap            clipped_grad(method="vmap") + dpsgd(Adam) (library noise).
   micro_vmap      the same in chunks of B/8 (microbatch_size).
   ghost           clipped_grad(method="ghost") + dpsgd(Adam).
@@ -48,6 +50,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from trustjax.models.dense import dense
 from trustjax.privacy import clipped_grad
 from trustjax.privacy import dpsgd
 
@@ -74,13 +77,10 @@ def _dense(layer, x, fold):
   (jaxlib 0.10.2) canonicalises the two contracting axes (B, T) by
   materialising a transposed copy of g and then runs an Eigen dot with both
   operands transposed: 15-27% of the transformer step's CPU time (session 4,
-  benchmarks/peers/README.md). Ghost clipping needs the batch axis leading
-  (a reshape merging axis 0 is "mixed"), so only the non-private arms fold.
+  benchmarks/peers/README.md). The library's models do the same
+  (`trustjax.models.dense`), and ghost clipping follows the folded rows.
   """
-  if not fold or x.ndim <= 2:
-    return layer(x)
-  y = layer(x.reshape(-1, x.shape[-1]))
-  return y.reshape(*x.shape[:-1], y.shape[-1])
+  return dense(layer, x) if fold else layer(x)
 
 
 class Block(nnx.Module):
@@ -118,8 +118,8 @@ class Transformer(nnx.Module):
   """Encoder classifier (causal=False) or causal LM (causal=True).
 
   `fold=True` applies every dense layer to [B*T, d] (`_dense`): same
-  function and parameters, faster non-private gradient on XLA:CPU, but not
-  ghost-clippable (DP arms use fold=False).
+  function and parameters, faster gradients on XLA:CPU (all arms but
+  `nonprivate_unfolded`).
   """
 
   def __init__(self, vocab, d, layers, heads, d_ff, t, out, causal, rngs,
@@ -315,7 +315,8 @@ def main():
     arms = {}
     for kind in kinds:
       arms[kind], res[f"{kind}_temp_bytes"], cs = compile_arm(
-          kind, loss_fold if kind == "nonprivate" else loss_fn, params, batch,
+          kind, loss_fn if kind == "nonprivate_unfolded" else loss_fold,
+          params, batch,
           b, opt)
       res[f"{kind}_compile_s"] = round(cs, 2)
     for run in arms.values():

@@ -41,7 +41,7 @@ def main():
 
   mesh = jax.make_mesh((args.devices,), ("data",))
   for name in args.workloads.split(","):
-    loss_fn, params, batch, b = workload(name, 8192)
+    loss_fn, params, batch, b = workload(name, 8192, fold=True)
     mask = np.ones((b,), bool)
     fns = {m: jax.jit(make_dp_grad_fn(clipped_grad(loss_fn, 1.0, method=m),
                                       mesh))

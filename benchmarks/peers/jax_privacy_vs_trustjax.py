@@ -172,13 +172,12 @@ def inner(args):
     loss_fn, params, batch, b = dp_overhead.workload(name, args.lm_vocab)
     rel = agreement(loss_fn, params, batch, b)
     arms, compile_s = {}, {}
-    # The non-private arm uses the token-folded model (dp_overhead._dense):
-    # same function and params, the fastest JAX formulation on XLA:CPU.
+    # Every arm uses the token-folded model (dp_overhead._dense, as
+    # trustjax.models.dense): same function and params, the fastest JAX
+    # formulation on XLA:CPU; both libraries' clipping handles it.
     loss_fold = dp_overhead.workload(name, args.lm_vocab, fold=True)[0]
     for kind in args.arms.split(","):
-      arms[kind], compile_s[kind] = arm(
-          kind, loss_fold if kind == "jax_nonprivate" else loss_fn, params,
-          batch, b)
+      arms[kind], compile_s[kind] = arm(kind, loss_fold, params, batch, b)
     for step in arms.values():
       for _ in range(args.warmup):
         step()

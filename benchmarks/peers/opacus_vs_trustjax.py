@@ -34,7 +34,8 @@ Poisson sampling, i.e. the per-step compute only):
                      `dp_overhead.workload(..., fold=True)`: same function,
                      the fastest JAX formulation on XLA:CPU).
   jax_nonprivate_unfolded  (optional, --arms) the same on the [B, T, d]
-                     model that ghost clipping needs (the DP arms' model).
+                     formulation (all other JAX arms fold, as
+                     `trustjax.models.dense` does; ghost follows the rows).
   jax_dp_{auto,ghost,vmap}  trustjax.privacy.clipped_grad(loss_fn, C,
                      method=...) then trustjax.privacy.dpsgd(optax.sgd) (fresh
                      Gaussian noise every step), one jitted step.
@@ -319,7 +320,7 @@ def run_workload(name, args):
       arms[arm], compile_s[arm] = jax_arm("nonprivate", loss_fn, params,
                                           batch, b, args.lr)
     elif arm.startswith("jax_dp_"):
-      arms[arm], compile_s[arm] = jax_arm(arm[len("jax_dp_"):], loss_fn,
+      arms[arm], compile_s[arm] = jax_arm(arm[len("jax_dp_"):], loss_fold,
                                           params, batch, b, args.lr)
     else:
       raise ValueError(f"unknown arm {arm!r}")

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trustjax.models.dense import dense
+
 # Added to the scores of padded keys. Finite (not -inf) so that a row whose
 # keys are all padding yields a uniform softmax instead of NaN.
 _MASK_VALUE = -1e9
@@ -46,10 +48,10 @@ class SelfAttention(nnx.Module):
     heads = lambda y: y.reshape(b, t, self.num_heads, self.head_dim)
     # The 1/sqrt(head_dim) scale is applied to q ([B,T,D]) rather than to the
     # scores ([B,H,T,T]): fewer multiplies, same result.
-    q = heads(self.query(x) * (self.head_dim ** -0.5))
-    k, v = heads(self.key(x)), heads(self.value(x))
+    q = heads(dense(self.query, x) * (self.head_dim ** -0.5))
+    k, v = heads(dense(self.key, x)), heads(dense(self.value, x))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
                         preferred_element_type=jnp.float32) + bias
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return self.out(ctx.reshape(b, t, d))
+    return dense(self.out, ctx.reshape(b, t, d))

@@ -32,6 +32,7 @@ from flax import nnx
 
 from trustjax.models._keys import dropout_key
 from trustjax.models._keys import split_or_none
+from trustjax.models.dense import dense
 
 # Scores of masked (padding / future) keys are replaced by this value. Finite,
 # so a query whose keys are all masked (a padded query) gets a uniform softmax
@@ -192,7 +193,7 @@ class GPT2Attention(nnx.Module):
   def __call__(self, x: jax.Array, allowed: jax.Array, *, cache=None,
                index: Any = 0, key_attn=None, key_resid=None):
     b, t, d = x.shape
-    q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+    q, k, v = jnp.split(dense(self.c_attn, x), 3, axis=-1)
     heads = lambda y: y.reshape(b, t, self.n_head, self.head_dim)
     q, k, v = heads(q), heads(k), heads(v)
     if cache is not None:
@@ -208,7 +209,7 @@ class GPT2Attention(nnx.Module):
     probs = self.attn_dropout(probs, deterministic=key_attn is None,
                               rngs=key_attn).astype(v.dtype)
     ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)
-    y = self.c_proj(ctx)
+    y = dense(self.c_proj, ctx)
     y = self.resid_dropout(y, deterministic=key_resid is None, rngs=key_resid)
     return y, (k, v)
 
@@ -225,7 +226,8 @@ class GPT2MLP(nnx.Module):
 
   def __call__(self, x: jax.Array, *, key=None) -> jax.Array:
     # gelu_new = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-    y = self.c_proj(jax.nn.gelu(self.c_fc(x), approximate=True))
+    y = dense(self.c_proj, jax.nn.gelu(dense(self.c_fc, x),
+                                       approximate=True))
     return self.dropout(y, deterministic=key is None, rngs=key)
 
 

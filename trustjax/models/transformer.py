@@ -12,6 +12,7 @@ from trustjax.models._keys import dropout_key
 from trustjax.models._keys import split_or_none
 from trustjax.models.attention import SelfAttention
 from trustjax.models.attention import attention_bias
+from trustjax.models.dense import dense
 from trustjax.models.pooling import masked_mean
 
 
@@ -35,7 +36,7 @@ class EncoderLayer(nnx.Module):
     k1, k2 = split_or_none(key, 2)
     y = self.attn(self.ln1(x), bias)
     x = x + self.dropout(y, deterministic=k1 is None, rngs=k1)
-    y = self.ff2(jax.nn.gelu(self.ff1(self.ln2(x))))
+    y = dense(self.ff2, jax.nn.gelu(dense(self.ff1, self.ln2(x))))
     return x + self.dropout(y, deterministic=k2 is None, rngs=k2)
 
 

@@ -7,6 +7,8 @@
   CONST values) or MIXED. The per-example loss must come out BATCHED, else the
   model mixes examples (batch statistics, reductions over axis 0, or a
   primitive this analysis does not know) and ghost clipping refuses.
+  A BATCHED [B, k, ...] value reshaped to [B*k, ...] is `Folded(k)` (rows of
+  an example contiguous) until it is reshaped back.
 * taps: the places where a parameter enters the computation in a form whose
   per-example gradient has a closed form from the layer input `a` and the
   output cotangent `g`:
@@ -35,6 +37,17 @@ import jax.extend.core as jcore
 import jax.numpy as jnp
 
 CONST, BATCHED, MIXED = "const", "batched", "mixed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Folded:
+  """A value of shape [B*k, ...] whose rows i*k .. i*k+k-1 belong to example
+  i: a BATCHED [B, k, ...] value reshaped with its batch axis merged into the
+  next (a dense layer applied to all tokens at once,
+  `layer(x.reshape(-1, d)).reshape(b, t, -1)`, which XLA:CPU differentiates
+  faster). Only elementwise ops, dense layers (dot taps), bias taps and the
+  reshape back to [B, k, ...] keep it; anything else is MIXED."""
+  k: int
 
 _ELEMENTWISE = frozenset("""
 add sub mul div neg max min pow integer_pow exp exp2 log log1p expm1 sqrt rsqrt
@@ -196,6 +209,8 @@ class _Analyzer:
         return [view]
 
     out_aval = _aval(eqn.outvars[0])
+    if any(isinstance(x, Folded) for x in ins):
+      return [self._folded(eqn, ins, path)] * n_out
     # Taps.
     if name == "dot_general" and len(pviews) == 1:
       tap = self._dot_tap(eqn, ins, path)
@@ -229,6 +244,63 @@ class _Analyzer:
     if any(s == MIXED for s in st):
       return [MIXED] * n_out
     return [self._local(eqn, st)] * n_out
+
+  def _folded(self, eqn, ins, path):
+    """Status of an eqn with a `Folded(k)` input (see `Folded`)."""
+    name = eqn.primitive.name
+    folds = {x.k for x in ins if isinstance(x, Folded)}
+    out_shape = tuple(_aval(eqn.outvars[0]).shape)
+    if len(folds) > 1 or any(x in (BATCHED, MIXED) for x in ins):
+      self._unsupported(ins, f"used by `{name}`")
+      return self._mixed(eqn, "folded rows mixed with other values")
+    k = folds.pop()
+    bk = self.b * k
+    pviews = [x for x in ins if isinstance(x, PView)]
+    if name == "dot_general" and len(pviews) == 1 and isinstance(ins[0],
+                                                                  Folded):
+      tap = self._dot_tap(eqn, ins, path, fold=k)
+      if tap is not None:
+        self._use(tap.leaf, tap)
+        return Folded(k)
+    tapped = set()
+    if name in _TAP_ELEMENTWISE and pviews and out_shape and \
+        out_shape[0] == bk:
+      ins = list(ins)
+      for j, info in enumerate(ins):
+        if not isinstance(info, PView):
+          continue
+        shape = _aval(eqn.invars[j]).shape
+        if (len(shape) == len(out_shape) and shape and shape[0] == 1
+            and (name != "select_n" or j > 0)):
+          self._use(info.leaf, Tap("ew", info.leaf, path, j, info.chain,
+                                   dims=dict(fold=k),
+                                   tap_shape=(bk,) + tuple(shape[1:])))
+          ins[j] = Folded(k)
+          tapped.add(j)
+    self._unsupported(ins, f"used by `{name}`")
+    st = [self._status(x) for x in ins]
+    in_shapes = [tuple(_aval(v).shape) for v in eqn.invars]
+    p = eqn.params
+    ok = False
+    if name in _ELEMENTWISE:
+      # A tapped parameter view broadcasts along axis 0 (shape [1, ...]).
+      ok = out_shape[:1] == (bk,) and all(
+          s == CONST or j in tapped or sh[:1] == (bk,)
+          for j, (s, sh) in enumerate(zip(st, in_shapes)))
+    elif name == "reshape" and p.get("dimensions") is None:
+      if out_shape == (self.b, k) + in_shapes[0][1:]:
+        return BATCHED                      # unfolded again
+      ok = out_shape[:1] == (bk,)           # axis 0 untouched
+    elif name == "dot_general":
+      (lc, _), (lb, rb) = p["dimension_numbers"]
+      ok = (not lb and not rb and isinstance(st[0], Folded) and
+            st[1] == CONST and 0 not in lc)
+    elif name == "broadcast_in_dim":
+      ok = (p["broadcast_dimensions"][:1] == (0,) and
+            out_shape[:1] == (bk,))
+    elif name in _REDUCE:
+      ok = 0 not in p["axes"]
+    return Folded(k) if ok else self._mixed(eqn, "folded rows")
 
   def _linear_view(self, eqn, ins, path):
     """Ops linear in the one parameter operand, other operands CONST:
@@ -268,21 +340,29 @@ class _Analyzer:
       return PView(pv.leaf, chain, False, row)
     return PView(pv.leaf, chain, pv.perm, False)
 
-  def _dot_tap(self, eqn, ins, path):
+  def _dot_tap(self, eqn, ins, path, fold: int = 0):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    if lb or rb or not isinstance(ins[1], PView) or ins[0] != BATCHED:
+    want = Folded(fold) if fold else BATCHED
+    if lb or rb or not isinstance(ins[1], PView) or ins[0] != want:
       return None
     pv = ins[1]
     if not pv.perm or 0 in lc:
       return None
     x_shape = _aval(eqn.invars[0]).shape
     w_shape = _aval(eqn.invars[1]).shape
+    if fold:
+      # Describe the layer as applied to the unfolded input [B, k, ...]:
+      # ghost.py reshapes the recorded input and output gradient to it.
+      if not x_shape or x_shape[0] != self.b * fold:
+        return None
+      x_shape = (self.b, fold) + tuple(x_shape[1:])
+      lc = tuple(c + 1 for c in lc)
     if not x_shape or x_shape[0] != self.b:
       return None
     xf = [d for d in range(len(x_shape)) if d not in lc]
     wf = [d for d in range(len(w_shape)) if d not in rc]
     dims = dict(lc=tuple(lc), rc=tuple(rc), xf=tuple(xf), wf=tuple(wf),
-                x_shape=tuple(x_shape), w_shape=tuple(w_shape))
+                x_shape=tuple(x_shape), w_shape=tuple(w_shape), fold=fold)
     return Tap("dot", pv.leaf, path, 1, pv.chain, dims,
                tuple(_aval(eqn.outvars[0]).shape))
 
@@ -325,8 +405,15 @@ class _Analyzer:
       ok = p["broadcast_dimensions"][:1] == (0,) and in_shapes[0][0] == b
       return BATCHED if ok and lead_ok() else self._mixed(eqn, "axis 0")
     if name == "reshape":
-      ok = p.get("dimensions") is None and lead_ok()
-      return BATCHED if ok else self._mixed(eqn, "reshape of axis 0")
+      if p.get("dimensions") is not None:
+        return self._mixed(eqn, "reshape of axis 0")
+      if lead_ok():
+        return BATCHED
+      x, y = in_shapes[0], out_shapes[0]
+      if (len(x) >= 2 and x[1] > 1 and y[:1] == (b * x[1],)
+          and y[1:] == x[2:]):
+        return Folded(x[1])                 # [B, k, ...] -> [B*k, ...]
+      return self._mixed(eqn, "reshape of axis 0")
     if name == "squeeze":
       return (BATCHED if 0 not in p["dimensions"] and lead_ok() else
               self._mixed(eqn, "axis 0"))

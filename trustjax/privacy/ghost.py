@@ -349,6 +349,8 @@ def _dot_mats(t, a, g):
   """Layer input and output gradient as [B, T, D_in] and [B, T, D_out]."""
   d = t.dims
   lc, xf = d["lc"], d["xf"]
+  if d.get("fold"):   # recorded as [B*k, ...]: rows of an example contiguous
+    a = a.reshape(d["x_shape"])
   b = a.shape[0]
   a = jnp.transpose(a, xf + lc)
   tt = int(np.prod([d["x_shape"][i] for i in xf[1:]], dtype=np.int64))
@@ -382,10 +384,16 @@ def _tap_sqnorm(t, a, g, leaf, strategy, side):
     return jnp.sum(jnp.where(same, gg, 0).reshape(g3.shape[0], -1), axis=1)
   # "ew": per-example gradient = transpose of the row view, applied to g_i.
   per = _ew_per_example(t, g, leaf, side)
-  return jnp.sum(jnp.square(per.astype(f32)).reshape(g.shape[0], -1), axis=1)
+  return jnp.sum(jnp.square(per.astype(f32)).reshape(per.shape[0], -1),
+                 axis=1)
 
 
 def _ew_per_example(t, g, leaf, side):
+  k = (t.dims or {}).get("fold")
+  if k:
+    # Output gradient [B*k, ...] of a bias on folded rows: example i's
+    # gradient is the sum over its k rows (the view is linear).
+    g = g.reshape((g.shape[0] // k, k) + g.shape[1:]).sum(1)
   f = gt.row_view_fn(t.chain, side, keep_precision=True)
   # The vjp's cotangent g_i has g's type: the primal must vary as g does.
   _, vjp = jax.vjp(f, _vary(leaf, gt.varying_axes(g)))
@@ -408,7 +416,7 @@ def _embed_ids(t, idx, g):
 
 
 def _tap_weighted_sum(t, a, g, w, keep, leaf, side):
-  b = g.shape[0]
+  b = keep.shape[0]
   if t.kind == "dot":
     a3, g3 = _dot_mats(t, a, g)
     dt = jnp.promote_types(a3.dtype, g3.dtype)
