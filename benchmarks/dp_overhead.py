@@ -263,24 +263,34 @@ def make_step(kind, loss_fn, b, opt):
   return jax.jit(step)
 
 
-def compile_arm(kind, loss_fn, params, batch, b, opt):
-  """Compiles an arm; returns (run_one_step, temp_bytes, compile_s)."""
-  mask = jnp.ones((b,), bool)
-  step = make_step(kind, loss_fn, b, opt)
-  state = {"p": params, "s": make_optimizer(kind, b, opt).init(params)}
+def compile_step(step, params, opt_state, batch, mask):
+  """Compiles a jitted `step(params, opt_state, batch, mask) -> (params,
+  opt_state)` ahead of time; returns (run_one_step, compiled, compile_s),
+  where `run_one_step()` advances its own copy of the state and blocks.
+  Shared by this script and the peer comparisons in benchmarks/peers/."""
+  state = {"p": params, "s": opt_state}
   t0 = time.perf_counter()
   compiled = step.lower(state["p"], state["s"], batch, mask).compile()
   compile_s = time.perf_counter() - t0
+
+  def run():
+    state["p"], state["s"] = compiled(state["p"], state["s"], batch, mask)
+    jax.block_until_ready(state["p"])
+  return run, compiled, compile_s
+
+
+def compile_arm(kind, loss_fn, params, batch, b, opt):
+  """Compiles an arm; returns (run_one_step, temp_bytes, compile_s)."""
+  mask = jnp.ones((b,), bool)
+  run, compiled, compile_s = compile_step(
+      make_step(kind, loss_fn, b, opt), params,
+      make_optimizer(kind, b, opt).init(params), batch, mask)
   mem = None
   try:
     ma = compiled.memory_analysis()
     mem = int(ma.temp_size_in_bytes) if ma is not None else None
   except Exception:  # pylint: disable=broad-except
     pass
-
-  def run():
-    state["p"], state["s"] = compiled(state["p"], state["s"], batch, mask)
-    jax.block_until_ready(state["p"])
   return run, mem, compile_s
 
 

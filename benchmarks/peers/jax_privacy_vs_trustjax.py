@@ -143,14 +143,8 @@ def inner(args):
       def jstep(p, s, bt, m):
         upd, s = opt.update(grads(p, bt, m), s, p)
         return optax.apply_updates(p, upd), s
-    state = {"p": params, "s": opt.init(params)}
-    t0 = time.perf_counter()
-    compiled = jstep.lower(state["p"], state["s"], batch, mask).compile()
-    compile_s = time.perf_counter() - t0
-
-    def step():
-      state["p"], state["s"] = compiled(state["p"], state["s"], batch, mask)
-      jax.block_until_ready(state["p"])
+    step, _, compile_s = dp_overhead.compile_step(
+        jstep, params, opt.init(params), batch, mask)
     return step, compile_s
 
   def agreement(loss_fn, params, batch, b):

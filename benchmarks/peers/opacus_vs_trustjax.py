@@ -280,14 +280,8 @@ def jax_arm(kind, loss_fn, params, batch, b, lr):
       g, _ = clip(p, bt, m, None)
       upd, s = opt.update(g, s, p)
       return optax.apply_updates(p, upd), s
-  state = {"p": params, "s": opt.init(params)}
-  t0 = time.perf_counter()
-  compiled = jstep.lower(state["p"], state["s"], batch, mask).compile()
-  compile_s = time.perf_counter() - t0
-
-  def step():
-    state["p"], state["s"] = compiled(state["p"], state["s"], batch, mask)
-    jax.block_until_ready(state["p"])
+  step, _, compile_s = dp_overhead.compile_step(jstep, params,
+                                                opt.init(params), batch, mask)
   return step, compile_s
 
 

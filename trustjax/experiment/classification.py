@@ -1430,13 +1430,13 @@ def _check_processes(configs, stacked: bool) -> None:
     raise ValueError("stacked runs (run_stacked, sweeps) do not run on "
                      f"several processes ({jax.process_count()} here); run "
                      "them on one host")
-  if not config.dp.enabled or config.dp.num_devices != jax.device_count():
+  if not config.dp.enabled:
     raise ValueError(
-        f"this job runs on {jax.process_count()} processes with "
-        f"{jax.device_count()} devices in all: set config.dp.enabled=True and "
-        f"config.dp.num_devices={jax.device_count()} (each batch is then "
-        "sharded over every device); got dp.enabled="
-        f"{config.dp.enabled}, dp.num_devices={config.dp.num_devices}")
+        f"this job runs on {jax.process_count()} processes: only DP training "
+        "shards its batches over them; set config.dp.enabled=True and "
+        f"config.dp.num_devices={jax.device_count()}")
+  from trustjax.experiment import multihost
+  multihost.require_all_devices("dp.num_devices", config.dp.num_devices)
 
 
 def _static_clip(models) -> float | None:

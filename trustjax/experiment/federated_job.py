@@ -228,12 +228,7 @@ def run(config: ConfigDict, workdir: str, *, overwrite: bool = False,
 
   validate(config)
   f = config.fl
-  if jax.process_count() > 1 and f.num_devices != jax.device_count():
-    raise ValueError(
-        f"this job runs on {jax.process_count()} processes with "
-        f"{jax.device_count()} devices in all: set config.fl.num_devices="
-        f"{jax.device_count()} (the cohort is then sharded over every "
-        f"device); got fl.num_devices={f.num_devices}")
+  multihost.require_all_devices("fl.num_devices", f.num_devices)
   multihost.prepare_workdir(workdir, config, overwrite=overwrite)
   main = multihost.is_main_process()
   task = (fl_tasks.char_task(config, validate) if _is_char_task(config)

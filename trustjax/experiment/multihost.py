@@ -154,14 +154,26 @@ def prepare_workdir(workdir: str, config, **kwargs):
   checkpoints need anyway).
   """
   from trustjax.experiment.workdir import prepare_workdir as prepare
-  path = prepare(workdir, config, write=False, **kwargs)
   if jax.process_count() == 1:
     return prepare(workdir, config, **kwargs)
+  path = prepare(workdir, config, write=False, **kwargs)
   sync(f"trustjax.prepare_workdir.checked:{workdir}")
   if is_main_process():
     prepare(workdir, config, **kwargs)
   sync(f"trustjax.prepare_workdir.written:{workdir}")
   return path
+
+
+def require_all_devices(field: str, value: int) -> None:
+  """ValueError unless `value` (a job's device count, e.g. config field
+  `dp.num_devices`) is every device of a multi-process job: with fewer, each
+  process would train its own copy. No-op on one process."""
+  if jax.process_count() > 1 and value != jax.device_count():
+    raise ValueError(
+        f"this job runs on {jax.process_count()} processes with "
+        f"{jax.device_count()} devices in all: set config.{field}="
+        f"{jax.device_count()} (the work is then sharded over every "
+        f"device); got {field}={value}")
 
 
 def free_port() -> int:
