@@ -5,20 +5,22 @@ r"""Privacy-utility curve of DP-SGD on real CLINC150.
       --vocab_epsilons=1:0.5,2:1,4:2,8:4 --out=runs/privacy_utility \
       --plot=benchmarks/results/privacy_utility_clinc150.png
 
-For each target epsilon (the job's TOTAL epsilon at delta = 1/n^1.1) and each
-learning rate, trains the bag-of-embeddings classifier of
+For each target epsilon (the job's TOTAL epsilon at delta = 1/n^1.1), each
+learning rate and each seed, trains the bag-of-embeddings classifier of
 `configs/dp_clinc150.py:<variant>` with DP-SGD, and the same model
-non-privately with the same batch size, steps and tokenizer. With
-`--variant=dp_words` the word vocabulary is a DP release of the training split
+non-privately with the same batch size, steps and tokenizer. The (learning
+rate, seed) runs of one target share one stacked program
+(`classification.run_stacked`); rows report the mean over seeds. With a
+`dp_words` variant the word vocabulary is a DP release of the training split
 (`trustjax.privacy.dp_vocabulary` at the vocabulary epsilon given per target by
 --vocab_epsilons), composed into the reported epsilon; with the default
 variant the tokenizer is the public hashed GPT-2 BPE. The non-private row uses
 the vocabulary of the largest target's setting.
 
 Hyperparameters are chosen on the VALIDATION split only: the learning rate
-reported per row is the one with the best validation in-scope accuracy, and
-test accuracy is read for that choice only (this tuning on private validation
-data is not itself accounted). Prints one JSON line and writes
+reported per row is the one with the best mean validation in-scope accuracy,
+and test accuracy is read for that choice only (this tuning on private
+validation data is not itself accounted). Prints one JSON line and writes
 `privacy_utility.json` under --out and the plot at --plot.
 """
 
@@ -42,7 +44,8 @@ def _config(variant, *, eps, lr, epochs, vocab_eps, accountant):
   cfg = load_config(os.path.join(REPO, "configs", "dp_clinc150.py"),
                     variant or None)
   cfg.data.allow_synthetic = False
-  cfg.num_epochs = epochs
+  if epochs:
+    cfg.num_epochs = epochs
   cfg.optimizer.learning_rate = lr
   cfg.log_every = 10 ** 6       # epsilon (a PLD call) only at the last step
   cfg.dp.accountant = accountant
@@ -73,7 +76,10 @@ def main():
   ap.add_argument("--learning_rates", default="0.015,0.02,0.03")
   ap.add_argument("--vocab_epsilons", default="1:0.5,2:1,4:2,8:4",
                   help="target epsilon -> vocabulary epsilon (dp_words)")
-  ap.add_argument("--epochs", type=float, default=30.0)
+  ap.add_argument("--epochs", type=float, default=0.0,
+                  help="epochs per run (0: the variant's own)")
+  ap.add_argument("--seeds", default="0",
+                  help="seeds per (target, lr); rows report their mean")
   ap.add_argument("--accountant", default="pld")
   ap.add_argument("--out", default="runs/privacy_utility")
   ap.add_argument("--plot",
@@ -85,37 +91,57 @@ def main():
   eps_list = [float(e) for e in args.epsilons.split(",")]
   lrs = [float(x) for x in args.learning_rates.split(",")]
   vocab_eps = _pairs(args.vocab_epsilons)
-  dp_words = args.variant == "dp_words"
+  seeds = [int(x) for x in args.seeds.split(",")]
+  dp_words = _config(args.variant, eps=8.0, lr=lrs[0], epochs=args.epochs,
+                     vocab_eps=None, accountant=args.accountant
+                     ).data.tokenizer == "dp_words"
   if dp_words and not set(eps_list) <= set(vocab_eps):
     sys.exit(f"--vocab_epsilons={args.vocab_epsilons} lacks a vocabulary "
              f"epsilon for some of --epsilons={args.epsilons}")
-  results = {"variant": args.variant or "default", "epochs": args.epochs,
-             "learning_rates": lrs, "accountant": args.accountant,
+  results = {"variant": args.variant or "default",
+             "epochs": args.epochs or _config(
+                 args.variant, eps=8.0, lr=lrs[0], epochs=0, vocab_eps=None,
+                 accountant=args.accountant).num_epochs,
+             "learning_rates": lrs, "seeds": seeds, "accountant": args.accountant,
              "selection": "learning rate with the best validation in-scope "
-                          "accuracy; test read for that choice only",
+                          "accuracy (mean over seeds); test read for that "
+                          "choice only",
              "epsilon": {}, "nonprivate": None, "runs": []}
   t0 = time.time()
   for eps in eps_list + [None]:
     v_eps = None
     if dp_words:
       v_eps = vocab_eps[max(eps_list) if eps is None else eps]
-    best = None
+    # One stacked program per target: every (learning rate, seed) pair.
+    cfgs, tags = [], []
     for lr in lrs:
-      cfg = _config(args.variant, eps=eps, lr=lr, epochs=args.epochs,
-                    vocab_eps=v_eps, accountant=args.accountant)
-      tag = (f"nonprivate_lr{lr}" if eps is None else f"eps{eps}_lr{lr}")
-      t1 = time.time()
-      s = classification.run(cfg, os.path.join(args.out, tag),
-                             overwrite=True)
-      row = {"run": tag, "target_epsilon": eps, "lr": lr,
-             "vocab_epsilon": v_eps, "vocab_words": s.get("vocab_words"),
-             "val_in_scope_accuracy": s["val_in_scope_accuracy"],
-             "test_in_scope_accuracy": s["test_in_scope_accuracy"],
-             "test_accuracy": s["test_accuracy"], "steps": s["steps"],
-             "batch_size": cfg.batch_size, "epsilon": s.get("epsilon"),
-             "noise_multiplier": s.get("noise_multiplier"),
-             "delta": s.get("delta"), "tokenizer": s["tokenizer"],
-             "wall_seconds": round(time.time() - t1, 1)}
+      for seed in seeds:
+        cfg = _config(args.variant, eps=eps, lr=lr, epochs=args.epochs,
+                      vocab_eps=v_eps, accountant=args.accountant)
+        cfg.seed = seed
+        cfgs.append(cfg)
+        tags.append((f"nonprivate" if eps is None else f"eps{eps}")
+                    + f"_lr{lr}_seed{seed}")
+    t1 = time.time()
+    summaries = classification.run_stacked(
+        cfgs, [os.path.join(args.out, t) for t in tags], overwrite=True)
+    wall = round(time.time() - t1, 1)
+    best = None
+    for i, lr in enumerate(lrs):
+      runs = summaries[i * len(seeds):(i + 1) * len(seeds)]
+      s0, cfg = runs[0], cfgs[i * len(seeds)]
+      row = {"run": tags[i * len(seeds)].rsplit("_seed", 1)[0],
+             "target_epsilon": eps, "lr": lr, "seeds": seeds,
+             "vocab_epsilon": v_eps, "vocab_words": s0.get("vocab_words"),
+             "steps": s0["steps"], "batch_size": cfg.batch_size,
+             "epsilon": s0.get("epsilon"),
+             "noise_multiplier": s0.get("noise_multiplier"),
+             "delta": s0.get("delta"), "tokenizer": s0["tokenizer"],
+             "wall_seconds_all_lrs": wall}
+      for key in ("val_in_scope_accuracy", "test_in_scope_accuracy",
+                  "test_accuracy"):
+        row[key + "_per_seed"] = [r[key] for r in runs]
+        row[key] = round(sum(r[key] for r in runs) / len(runs), 4)
       results["runs"].append(row)
       print(json.dumps(row), file=sys.stderr, flush=True)
       if best is None or row["val_in_scope_accuracy"] > \

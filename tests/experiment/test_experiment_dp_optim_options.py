@@ -1,4 +1,4 @@
-"""Learning-rate schedules and the parameter EMA in the DP job."""
+"""Learning-rate schedules, the parameter EMA and word dropout in the DP job."""
 import json
 import math
 import os
@@ -51,9 +51,15 @@ def test_resume_with_ema_and_schedule_is_exact(tmp_path, step):
   """The EMA and its count are checkpointed; the schedule depends only on
   the step count. Both DP steps (`_hp_step`, and `_make_step` through
   adaptive clipping)."""
-  over = {"optimizer.ema_decay": 0.9, "optimizer.schedule": "cosine",
-          "optimizer.warmup_steps": 2,
-          "dp.adaptive_clip": step == "adaptive_clip"}
+  _assert_resume_exact(tmp_path, {
+      "optimizer.ema_decay": 0.9, "optimizer.schedule": "cosine",
+      "optimizer.warmup_steps": 2,
+      "dp.adaptive_clip": step == "adaptive_clip"})
+
+
+def _assert_resume_exact(tmp_path, over):
+  """A run stopped after 7 steps and resumed equals the uninterrupted run;
+  returns the uninterrupted run's (summary, workdir)."""
   full, part = str(tmp_path / "full"), str(tmp_path / "part")
   s_full = classification.run(_config(**over), full)
   assert classification.run(_config(**over), part, stop_after=7) == {
@@ -62,6 +68,7 @@ def test_resume_with_ema_and_schedule_is_exact(tmp_path, step):
   assert _read(full) == _read(part)
   for k in ("test_accuracy", "val_accuracy", "train_accuracy", "epsilon"):
     assert s_full[k] == s_part[k], k
+  return s_full, full
 
 
 def test_ema_is_what_is_evaluated_and_does_not_change_training(tmp_path):
@@ -86,13 +93,31 @@ def test_ema_is_what_is_evaluated_and_does_not_change_training(tmp_path):
   assert s_plain["epsilon"] == s_ema["epsilon"]
 
 
+def test_word_dropout_resumes_exactly_and_costs_no_privacy(tmp_path):
+  """Word dropout draws from the step's key, so a killed and resumed run
+  repeats the uninterrupted one; it changes training, not epsilon."""
+  s_full, full = _assert_resume_exact(tmp_path, {"model.word_dropout": 0.3})
+  plain = str(tmp_path / "plain")
+  s_plain = classification.run(_config(), plain)
+  losses = lambda w: [json.loads(l).get("loss") for l in _read(w)]
+  assert losses(plain) != losses(full)
+  assert s_plain["epsilon"] == s_full["epsilon"]
+
+
 def test_validation_names_bad_fields():
   for key, value in (("optimizer.schedule", "step"),
                      ("optimizer.ema_decay", 1.0),
                      ("optimizer.final_lr_fraction", 2.0),
-                     ("optimizer.warmup_steps", -1)):
+                     ("optimizer.warmup_steps", -1),
+                     ("model.word_dropout", 1.0)):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
       classification.validate_config(_config(**{key: value}))
+
+
+def test_word_dropout_is_refused_outside_the_bag_model():
+  cfg = _config(**{"model.name": "transformer", "model.word_dropout": 0.2})
+  with pytest.raises(ValueError, match=r"model\.word_dropout.*bag"):
+    classification.validate_config(cfg)
 
 
 def test_dp_words_ema_variant_is_valid():
@@ -101,3 +126,13 @@ def test_dp_words_ema_variant_is_valid():
   classification.validate_config(cfg)
   assert (cfg.batch_size, cfg.num_epochs, cfg.optimizer.ema_decay) == (
       6144, 90.0, 0.999)
+
+
+def test_dp_words_drop_variant_is_dp_words_ema_with_dropout():
+  load = lambda v: load_config(os.path.join(REPO, "configs", "dp_clinc150.py"),
+                               v)
+  wd, ema = load("dp_words_drop"), load("dp_words_ema")
+  classification.validate_config(wd)
+  assert (wd.model.word_dropout, wd.model.dropout) == (0.2, 0.2)
+  wd.model.word_dropout = wd.model.dropout = 0.0
+  assert wd.to_dict() == ema.to_dict()

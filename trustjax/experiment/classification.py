@@ -78,7 +78,8 @@ def base_config() -> ConfigDict:
   ))
   c.model = ConfigDict(dict(
       name="bag", d_embed=128, d_hidden=256, d_model=128, num_layers=2,
-      num_heads=4, d_ff=512, dropout=0.0))
+      num_heads=4, d_ff=512, dropout=0.0,
+      word_dropout=0.0))         # bag only: tokens left out of the mean
   c.optimizer = ConfigDict(dict(
       name="adam",              # adam | adamw | sgd (momentum 0.9)
       learning_rate=1e-3,       # the peak learning rate with a schedule
@@ -191,6 +192,13 @@ def validate_config(config: ConfigDict) -> None:
         "must be in [0, 1] (a fraction of the peak learning rate)")
   if not 0.0 <= oc.ema_decay < 1.0:
     bad("optimizer.ema_decay", oc.ema_decay, "must be in [0, 1) (0: no EMA)")
+  word_dropout = config.model.get("word_dropout", 0.0)
+  if not 0.0 <= word_dropout < 1.0:
+    bad("model.word_dropout", word_dropout, "must be in [0, 1)")
+  if word_dropout and config.model.name != "bag":
+    bad("model.word_dropout", word_dropout,
+        f"only the bag model has word dropout (model.name="
+        f"{config.model.name!r})")
   if config.data.name not in ("clinc150", "synthetic", "file"):
     bad("data.name", config.data.name, "valid: clinc150, synthetic, file")
   if config.data.tokenizer not in ("word", "gpt2", "dp_words"):
@@ -724,7 +732,9 @@ def _build(config: ConfigDict, data: EncodedData):
                              rngs=nnx.Rngs(config.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   loss_fn = models.classifier_loss_fn(graphdef, rest=rest,
-                                      train=config.model.dropout > 0)
+                                      train=(config.model.dropout > 0 or
+                                             config.model.get("word_dropout",
+                                                              0.0) > 0))
 
   @jax.jit
   def predict(params, ids, mask):

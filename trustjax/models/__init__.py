@@ -18,7 +18,7 @@ from trustjax.models.losses import accuracy
 from trustjax.models.losses import classifier_loss_fn
 from trustjax.models.losses import evaluate
 from trustjax.models.mlp import MLP
-from trustjax.models.pooling import masked_mean
+from trustjax.models.pooling import masked_mean, word_dropout_mask
 from trustjax.models.tokenizer import BPEEncoder
 from trustjax.models.tokenizer import EOS_ID
 from trustjax.models.tokenizer import GPT2_VOCAB_SIZE

@@ -30,7 +30,8 @@ def build_model(model_config: Any, *, vocab_size: int, num_classes: int,
     transformer: d_model [128], num_layers [2], num_heads [4], d_ff [512],
       max_len [the `max_len` argument, else 64], dropout [0.0],
       dtype ["float32"; or "bfloat16" activations, params stay f32].
-    bag: d_embed [128], d_hidden [256], dropout [0.0], dtype.
+    bag: d_embed [128], d_hidden [256], dropout [0.0], word_dropout [0.0],
+      dtype.
     mlp: in_dim [vocab_size], hidden [(256,)], dtype; input is batch["x"].
   """
   name = _get(model_config, "name", None)
@@ -52,6 +53,8 @@ def build_model(model_config: Any, *, vocab_size: int, num_classes: int,
   if name == "bag":
     return BagOfEmbeddings(vocab_size, num_classes, d_embed=g("d_embed", 128),
                            d_hidden=g("d_hidden", 256),
-                           dropout=g("dropout", 0.0), dtype=dtype, rngs=rngs)
+                           dropout=g("dropout", 0.0),
+                           word_dropout=g("word_dropout", 0.0), dtype=dtype,
+                           rngs=rngs)
   return MLP(g("in_dim", vocab_size), tuple(g("hidden", (256,))), num_classes,
              dtype=dtype, rngs=rngs)

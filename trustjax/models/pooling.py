@@ -17,3 +17,19 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   total = jnp.einsum("btd,bt->bd", x, w)
   count = jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0)
   return total / count.astype(x.dtype)
+
+
+def word_dropout_mask(key: jax.Array, mask: jax.Array, rate: float
+                      ) -> jax.Array:
+  """bool[B,T]: `mask` with each set position cleared with probability `rate`.
+
+  Word dropout of a deep averaging network (Iyyer et al. 2015). A row that
+  would lose every one of its tokens keeps them all, so no example is emptied
+  by the augmentation; rows with no token stay empty. Row b's result depends
+  only on `mask[b]` and the key.
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"word_dropout_mask: rate={rate} must be in [0, 1)")
+  mask = mask.astype(bool)
+  kept = mask & jax.random.bernoulli(key, 1.0 - rate, mask.shape)
+  return jnp.where(jnp.any(kept, axis=-1, keepdims=True), kept, mask)
