@@ -173,6 +173,19 @@ def load_gpt2(directory: str) -> GPT2LMHeadModel:
   return model
 
 
+def write_hf_checkpoint(directory: str, tensors: dict[str, np.ndarray],
+                        config: dict[str, Any]) -> None:
+  """Writes `tensors` as `model.safetensors` (format "pt", so transformers
+  reads it) and `config` as `config.json` under `directory` (created)."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+            os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+  with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
 def save_gpt2(model: GPT2LMHeadModel, directory: str, *,
               prefix: str = _PREFIX) -> None:
   """Writes `config.json` + `model.safetensors` (float32) in HF's format.
@@ -186,18 +199,12 @@ def save_gpt2(model: GPT2LMHeadModel, directory: str, *,
   if not isinstance(model, GPT2LMHeadModel):
     raise ValueError(f"save_gpt2: model must be a GPT2LMHeadModel, got "
                      f"{type(model).__name__}")
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   cfg = model.config
-  os.makedirs(directory, exist_ok=True)
   tensors: dict[str, Any] = {}
   for name, mod, var, shape in _entries(cfg):
     arr = np.asarray(_variable(model, mod, var)[...], np.float32)
     if arr.shape != shape:
       raise ValueError(f"save_gpt2: {name} has shape {arr.shape}; config "
                        f"({_config_summary(cfg)}) implies {shape}")
-    tensors[prefix + name] = np.ascontiguousarray(arr)
-  save_file(tensors, os.path.join(directory, WEIGHTS_NAME),
-            metadata={"format": "pt"})
-  with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-    json.dump(cfg.to_hf_dict(), f, indent=2, sort_keys=True)
-    f.write("\n")
+    tensors[prefix + name] = arr
+  write_hf_checkpoint(directory, tensors, cfg.to_hf_dict())

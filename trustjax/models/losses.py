@@ -15,6 +15,12 @@ import optax
 from flax import nnx
 
 
+def classifier_logits(model, batch: Mapping[str, Any]) -> jax.Array:
+  """Logits of a classifier on `batch` in evaluation mode (no dropout):
+  `model(ids, mask)` for token inputs, `model(x)` for feature inputs."""
+  return _apply(model, batch, False, None)
+
+
 def _apply(model, batch: Mapping[str, Any], train: bool, rng) -> jax.Array:
   """Logits of `model` on `batch`: token inputs ("ids", "mask") or "x"."""
   if "ids" in batch:
