@@ -161,6 +161,44 @@ def test_real_clinc150_nonprivate_reaches_90_percent(tmp_path, real_data_dir):
   assert summary["test_in_scope_accuracy"] >= 0.90, summary
 
 
+def _real_dp_summary(tmp_path, real_data_dir, variant):
+  cfg = _config(True, variant, **{"data.data_dir": real_data_dir,
+                                  "data.allow_synthetic": False})
+  summary = classification.run(cfg, str(tmp_path / "run"))
+  assert "clinc150" in summary["data"].lower()
+  assert summary["num_train_examples"] == 15100
+  assert summary["epsilon"] <= 8.0 and summary["delta"] < 1 / 15100
+  return summary
+
+
+def test_real_clinc150_dp_reaches_80_percent_at_epsilon_8(tmp_path,
+                                                          real_data_dir):
+  """DP-SGD core issue: >= 80% in-scope test accuracy at total epsilon 8
+  with the bag-of-embeddings model (`:dp_words_drop`, seed 0; seeds 0-2
+  gave 81.0 / 81.1 / 80.8% in BENCHMARKS.md). The vocabulary is a DP
+  release whose cost is inside the epsilon checked here."""
+  summary = _real_dp_summary(tmp_path, real_data_dir, "dp_words_drop")
+  assert "DP word vocabulary" in summary["tokenizer"]
+  assert summary["test_in_scope_accuracy"] >= 0.80, summary
+
+
+@pytest.mark.slow   # ~100 s (encoding + training): `make check-slow`
+def test_real_clinc150_dp_on_public_encoder_features(tmp_path, real_data_dir,
+                                                     monkeypatch):
+  """`:encoder`: a DP linear probe on frozen all-MiniLM-L6-v2 features at
+  epsilon 8 (seeds 0-2 in BENCHMARKS.md). The encoder itself is checked
+  against transformers in make test (tests/models/test_models_bert.py)."""
+  from trustjax import models
+  try:
+    models.minilm_path()
+  except (ImportError, FileNotFoundError) as e:
+    pytest.skip(f"the packaged all-MiniLM-L6-v2 is not installed: {e}")
+  monkeypatch.setenv("TRUSTJAX_FEATURE_CACHE", str(tmp_path / "cache"))
+  summary = _real_dp_summary(tmp_path, real_data_dir, "encoder")
+  assert summary["num_params"] == 384 * 151 + 151
+  assert summary["test_in_scope_accuracy"] >= 0.90, summary
+
+
 def test_adaptive_clipping_job_accounts_the_count_and_resumes(tmp_path):
   """Adaptive clipping: C moves, the noise is split so gradient sum + count
   are one Gaussian of the calibrated sigma, and resume stays exact."""

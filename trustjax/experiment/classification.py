@@ -62,7 +62,9 @@ def base_config() -> ConfigDict:
       text_column="text",
       label_column="label",
       # word (built from train) | gpt2 (public BPE) | dp_words (a DP word
-      # vocabulary of the training split, its cost in the job's epsilon)
+      # vocabulary of the training split, its cost in the job's epsilon) |
+      # encoder (features of a frozen public pretrained sentence encoder,
+      # `trustjax.models.sentence_embeddings`; with model.name=mlp)
       tokenizer="word",
       vocab_size=8192,
       max_len=32,
@@ -75,11 +77,16 @@ def base_config() -> ConfigDict:
       vocab_delta_fraction=0.1,  # share of the job's total delta
       vocab_max_words=16,        # k: distinct words counted per example
       vocab_seed=0,
+      # tokenizer=encoder: a local HF BERT directory ('' -> the packaged
+      # all-MiniLM-L6-v2, `trustjax.models.minilm_path`) and its max tokens.
+      encoder_path="",
+      encoder_max_len=128,
   ))
   c.model = ConfigDict(dict(
       name="bag", d_embed=128, d_hidden=256, d_model=128, num_layers=2,
       num_heads=4, d_ff=512, dropout=0.0,
-      word_dropout=0.0))         # bag only: tokens left out of the mean
+      word_dropout=0.0,          # bag only: tokens left out of the mean
+      hidden=()))                # mlp only: hidden widths (() = linear)
   c.optimizer = ConfigDict(dict(
       name="adam",              # adam | adamw | sgd (momentum 0.9)
       learning_rate=1e-3,       # the peak learning rate with a schedule
@@ -201,8 +208,17 @@ def validate_config(config: ConfigDict) -> None:
         f"{config.model.name!r})")
   if config.data.name not in ("clinc150", "synthetic", "file"):
     bad("data.name", config.data.name, "valid: clinc150, synthetic, file")
-  if config.data.tokenizer not in ("word", "gpt2", "dp_words"):
-    bad("data.tokenizer", config.data.tokenizer, "valid: word, gpt2, dp_words")
+  if config.data.tokenizer not in ("word", "gpt2", "dp_words", "encoder"):
+    bad("data.tokenizer", config.data.tokenizer,
+        "valid: word, gpt2, dp_words, encoder")
+  if (config.data.tokenizer == "encoder") != (config.model.name == "mlp"):
+    bad("model.name", config.model.name,
+        "data.tokenizer=encoder gives feature vectors, which only "
+        "model.name=mlp takes (and mlp takes nothing else); got "
+        f"data.tokenizer={config.data.tokenizer!r}")
+  if config.data.tokenizer == "encoder" and config.data.encoder_max_len < 3:
+    bad("data.encoder_max_len", config.data.encoder_max_len,
+        "must be >= 3 ([CLS], a token, [SEP])")
   if config.data.tokenizer == "dp_words":
     if not config.data.vocab_epsilon > 0:
       bad("data.vocab_epsilon", config.data.vocab_epsilon, "must be > 0")
@@ -259,10 +275,18 @@ def validate_config(config: ConfigDict) -> None:
 # --------------------------------------------------------------------------
 
 
+INPUT_KEYS = ("ids", "mask", "x")   # model inputs of a batch (not "label")
+
+
 @dataclasses.dataclass
 class EncodedData:
-  """Token ids per split plus what the job reports about the data."""
-  arrays: dict[str, dict[str, np.ndarray]]   # split -> {"ids","mask","label"}
+  """Model inputs per split plus what the job reports about the data.
+
+  `arrays[split]` holds "label" int[N] and either "ids" int[N,T] / "mask"
+  bool[N,T] (token models) or "x" f32[N,F] (tokenizer=encoder: sentence
+  features; `vocab_size` is then the feature width F, the MLP's input).
+  """
+  arrays: dict[str, dict[str, np.ndarray]]
   num_classes: int
   vocab_size: int
   oos_label: int | None
@@ -321,6 +345,8 @@ def load_data(config: ConfigDict, workdir: str | None = None) -> EncodedData:
     tok = HashedBPE(dc.vocab_size)
     note = (f"public GPT-2 BPE hashed into {dc.vocab_size} buckets "
             "(data-independent; costs no privacy)")
+  elif dc.tokenizer == "encoder":
+    return _encoder_data(config, ds, splits)
   elif dc.tokenizer == "dp_words":
     tok, release = dp_word_vocab(config, splits["train"].texts)
     note = (f"DP word vocabulary of {len(release.words)} words from the "
@@ -346,6 +372,79 @@ def load_data(config: ConfigDict, workdir: str | None = None) -> EncodedData:
                      vocab_size=len(tok), oos_label=ds.oos_label,
                      source=ds.source, tokenizer_note=note,
                      vocab_release=release)
+
+
+def _encoder_data(config: ConfigDict, ds, splits) -> EncodedData:
+  """tokenizer=encoder: each split's texts -> frozen public sentence features.
+
+  The encoder (and its WordPiece vocabulary) is public and fixed before
+  training, and example i's feature vector is a function of text i alone, so
+  the features are a data-independent per-example map: they cost no privacy
+  and leave sampling, clipping and the accountant unchanged. (This assumes
+  the public encoder was not trained on the private data: all-MiniLM-L6-v2's
+  model card lists its training sets; CLINC150 is not among them.) Features
+  are cached on disk (`feature_cache_dir`) keyed by the encoder's files, the
+  max length and the texts, since encoding is the slow part on a CPU.
+  """
+  from trustjax import models
+  dc = config.data
+  path = dc.encoder_path or models.minilm_path()
+  arrays, dim, encoder = {}, None, None
+  for name, split in splits.items():
+    texts = list(split.texts)
+    cache = _feature_cache_file(path, dc.encoder_max_len, texts)
+    if cache and os.path.exists(cache):
+      x = np.load(cache)
+    else:
+      if encoder is None:
+        encoder = models.load_sentence_encoder(path)
+      x = models.sentence_embeddings(*encoder, texts,
+                                     max_len=int(dc.encoder_max_len))
+      if cache:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = cache + f".{os.getpid()}.tmp.npy"
+        np.save(tmp, x)
+        os.replace(tmp, cache)
+    x = np.asarray(x, np.float32)
+    dim = x.shape[1]
+    arrays[name] = {"x": x, "label": np.asarray(split.labels, np.int32)}
+  name = dc.encoder_path or "all-MiniLM-L6-v2 (packaged)"
+  note = (f"frozen public sentence encoder {name} ({dim}-d mean-pooled, "
+          "L2-normalised features; a data-independent per-example map: "
+          "costs no privacy)")
+  return EncodedData(arrays=arrays, num_classes=len(ds.label_names),
+                     vocab_size=int(dim), oos_label=ds.oos_label,
+                     source=ds.source, tokenizer_note=note)
+
+
+def feature_cache_dir() -> str | None:
+  """Where sentence features are cached: $TRUSTJAX_FEATURE_CACHE ('' or
+  'none' disables), else ~/.cache/trustjax/features."""
+  env = os.environ.get("TRUSTJAX_FEATURE_CACHE")
+  if env is not None:
+    return None if env.strip().lower() in ("", "none") else env
+  return os.path.join(os.path.expanduser("~"), ".cache", "trustjax",
+                      "features")
+
+
+def _feature_cache_file(path: str, max_len: int, texts) -> str | None:
+  import hashlib
+  root = feature_cache_dir()
+  if root is None:
+    return None
+  h = hashlib.sha256()
+  for name in ("config.json", "model.safetensors", "tokenizer.json"):
+    f = os.path.join(path, name)
+    if os.path.exists(f):
+      h.update(name.encode())
+      with open(f, "rb") as fh:      # ~0.2 s for MiniLM's 90 MB
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+          h.update(chunk)
+  h.update(f"max_len={int(max_len)}\n".encode())
+  for t in texts:
+    h.update(t.encode("utf-8", "surrogatepass"))
+    h.update(b"\0")
+  return os.path.join(root, h.hexdigest()[:32] + ".npy")
 
 
 def vocab_total_delta(config: ConfigDict, num_examples: int) -> float:
@@ -450,12 +549,17 @@ def _gather(arrays, idx, mask):
 
 
 def evaluate(model_apply, params, arrays, batch_size, oos_label):
-  """Accuracy, in-scope accuracy and out-of-scope recall/precision."""
+  """Accuracy, in-scope accuracy and out-of-scope recall/precision.
+
+  `model_apply(params, inputs) -> logits` with `inputs` the model-input
+  arrays of one fixed-size batch ("ids"/"mask" or "x"; see `_build`).
+  """
   preds = []
   n = len(arrays["label"])
+  keys = [k for k in INPUT_KEYS if k in arrays]
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size) % n
-    logits = model_apply(params, arrays["ids"][idx], arrays["mask"][idx])
+    logits = model_apply(params, {k: arrays[k][idx] for k in keys})
     preds.append(np.asarray(logits).argmax(-1)[:min(batch_size, n - start)])
   pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
   y = arrays["label"]
@@ -737,8 +841,8 @@ def _build(config: ConfigDict, data: EncodedData):
                                                               0.0) > 0))
 
   @jax.jit
-  def predict(params, ids, mask):
-    return nnx.merge(graphdef, params, rest)(ids, mask)
+  def predict(params, inputs):
+    return models.classifier_logits(nnx.merge(graphdef, params, rest), inputs)
 
   return params, loss_fn, predict
 
@@ -1510,6 +1614,11 @@ def _finish(m: _Model, data, predict, steps, train_time, eps) -> dict:
           f"training steps by the {privacy.accountant.upper()} "
           "accountant at delta minus its threshold delta, which is "
           "added to delta (trustjax.privacy.composed_epsilon)")
+    if config.data.tokenizer == "encoder":
+      summary["privacy_note"] = (
+          "epsilon covers training on the features of a frozen public "
+          "encoder (a per-example map fixed before training); it assumes "
+          "the encoder's own training data did not include this data set")
     if config.data.tokenizer == "word":
       summary["privacy_note"] = (
           "epsilon does NOT cover the word vocabulary, which was built from "
