@@ -96,6 +96,16 @@ def test_features_are_cached_on_disk(encoder_dir, feature_cache, monkeypatch):
   for split in first.arrays:
     np.testing.assert_array_equal(first.arrays[split]["x"],
                                   again.arrays[split]["x"])
+  # A damaged cache file is recomputed, not trusted.
+  monkeypatch.undo()                     # the encoder may run again ...
+  monkeypatch.setenv("TRUSTJAX_FEATURE_CACHE", feature_cache)  # same cache
+  victim = os.path.join(feature_cache, sorted(os.listdir(feature_cache))[0])
+  np.save(victim, np.zeros((3, HIDDEN), np.float32))
+  healed = classification.load_data(cfg)
+  for split in first.arrays:
+    np.testing.assert_array_equal(first.arrays[split]["x"],
+                                  healed.arrays[split]["x"])
+  monkeypatch.setattr(models, "load_sentence_encoder", refuse)
   # Another max length (or other texts / encoder files) is another key.
   with pytest.raises(AssertionError, match="encoder ran"):
     classification.load_data(_config(encoder_dir,

@@ -393,9 +393,12 @@ def _encoder_data(config: ConfigDict, ds, splits) -> EncodedData:
   for name, split in splits.items():
     texts = list(split.texts)
     cache = _feature_cache_file(path, dc.encoder_max_len, texts)
+    x = None
     if cache and os.path.exists(cache):
       x = np.load(cache)
-    else:
+      if x.ndim != 2 or len(x) != len(texts):   # a damaged file: recompute
+        x = None
+    if x is None:
       if encoder is None:
         encoder = models.load_sentence_encoder(path)
       x = models.sentence_embeddings(*encoder, texts,
