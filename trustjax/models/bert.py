@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trustjax.models._hf import normal_linear as _linear
+from trustjax.models._hf import torch_layer_norm
 from trustjax.models.attention import SelfAttention
 from trustjax.models.attention import attention_bias
 from trustjax.models.dense import dense
@@ -111,15 +113,8 @@ class BertConfig:
       raise ValueError(f"{source}: {e}") from e
 
 
-def _linear(n_in: int, n_out: int, std: float, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(std),
-                    bias_init=nnx.initializers.zeros, rngs=rngs)
-
-
 def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  # use_fast_variance=False: E[(x-mean)^2] as torch computes it.
-  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
-                       use_fast_variance=False, rngs=rngs)
+  return torch_layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
 
 
 class BertEmbeddings(nnx.Module):

@@ -24,7 +24,6 @@ is downloaded: `load_bert` reads a directory you already have;
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from typing import Any, Iterator
 
@@ -34,10 +33,11 @@ from flax import nnx
 
 from trustjax.models.bert import BertConfig
 from trustjax.models.bert import BertEncoder
-from trustjax.models.gpt2_io import CONFIG_NAME
-from trustjax.models.gpt2_io import WEIGHTS_NAME
-from trustjax.models.gpt2_io import _variable
-from trustjax.models.gpt2_io import write_hf_checkpoint
+from trustjax.models._hf import CONFIG_NAME
+from trustjax.models._hf import WEIGHTS_NAME
+from trustjax.models._hf import read_json_config
+from trustjax.models._hf import variable as _variable
+from trustjax.models._hf import write_hf_checkpoint
 
 _PREFIX = "bert."
 _IGNORED_PREFIXES = ("pooler.", "cls.")
@@ -86,14 +86,7 @@ def _config_summary(cfg: BertConfig) -> str:
 
 
 def _read_config(path: str) -> BertConfig:
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"BERT config file not found: {path}") from e
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
-  return BertConfig.from_dict(d, source=path)
+  return BertConfig.from_dict(read_json_config(path, "BERT"), source=path)
 
 
 def load_bert(path: str) -> BertEncoder:

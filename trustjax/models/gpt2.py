@@ -22,7 +22,6 @@ as the unpadded one. No layer mixes rows of the batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any, Sequence
 
@@ -30,6 +29,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trustjax.models._hf import normal_linear as _linear
+from trustjax.models._hf import read_json_config
+from trustjax.models._hf import torch_layer_norm
 from trustjax.models._keys import dropout_key
 from trustjax.models._keys import split_or_none
 from trustjax.models.dense import dense
@@ -147,26 +149,11 @@ class GPT2Config:
 
   @classmethod
   def from_json_file(cls, path: str) -> "GPT2Config":
-    try:
-      with open(path) as f:
-        d = json.load(f)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(f"GPT-2 config file not found: {path}") from e
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from e
-    return cls.from_hf_dict(d, source=path)
-
-
-def _linear(n_in: int, n_out: int, std: float, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(std),
-                    bias_init=nnx.initializers.zeros, rngs=rngs)
+    return cls.from_hf_dict(read_json_config(path, "GPT-2"), source=path)
 
 
 def _layer_norm(cfg: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  # use_fast_variance=False: E[(x-mean)^2] as torch computes it, not
-  # E[x^2]-mean^2 (which loses digits when |mean| >> std).
-  return nnx.LayerNorm(cfg.n_embd, epsilon=cfg.layer_norm_epsilon,
-                       use_fast_variance=False, rngs=rngs)
+  return torch_layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, rngs)
 
 
 class GPT2Attention(nnx.Module):

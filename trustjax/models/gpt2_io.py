@@ -31,11 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from trustjax.models._hf import CONFIG_NAME
+from trustjax.models._hf import WEIGHTS_NAME
+from trustjax.models._hf import variable as _variable
+from trustjax.models._hf import write_hf_checkpoint
 from trustjax.models.gpt2 import GPT2Config
 from trustjax.models.gpt2 import GPT2LMHeadModel
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 _PREFIX = "transformer."
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -62,13 +64,6 @@ def _entries(cfg: GPT2Config) -> Iterator[tuple[str, tuple, str,
       yield f"{p}{sub}.{name}.bias", mod + (sub, name), "bias", (n_out,)
   yield "ln_f.weight", ("ln_f",), "scale", (d,)
   yield "ln_f.bias", ("ln_f",), "bias", (d,)
-
-
-def _variable(model: GPT2LMHeadModel, path: tuple, var: str) -> nnx.Variable:
-  obj = model
-  for p in path:
-    obj = obj[p] if isinstance(p, int) else getattr(obj, p)
-  return getattr(obj, var)
 
 
 def _config_summary(cfg: GPT2Config) -> str:
@@ -171,19 +166,6 @@ def load_gpt2(directory: str) -> GPT2LMHeadModel:
             "LM head to the token embedding, so lm_head.weight is ignored "
             "and logits use wte.weight", stacklevel=2)
   return model
-
-
-def write_hf_checkpoint(directory: str, tensors: dict[str, np.ndarray],
-                        config: dict[str, Any]) -> None:
-  """Writes `tensors` as `model.safetensors` (format "pt", so transformers
-  reads it) and `config` as `config.json` under `directory` (created)."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  os.makedirs(directory, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-            os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
-  with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-    f.write("\n")
 
 
 def save_gpt2(model: GPT2LMHeadModel, directory: str, *,
