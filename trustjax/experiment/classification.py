@@ -390,9 +390,11 @@ def _encoder_data(config: ConfigDict, ds, splits) -> EncodedData:
   dc = config.data
   path = dc.encoder_path or models.minilm_path()
   arrays, dim, encoder = {}, None, None
+  root = feature_cache_dir()
+  digest = _encoder_digest(path, dc.encoder_max_len) if root else None
   for name, split in splits.items():
     texts = list(split.texts)
-    cache = _feature_cache_file(path, dc.encoder_max_len, texts)
+    cache = _feature_cache_file(root, digest, texts) if root else None
     x = None
     if cache and os.path.exists(cache):
       x = np.load(cache)
@@ -430,20 +432,25 @@ def feature_cache_dir() -> str | None:
                       "features")
 
 
-def _feature_cache_file(path: str, max_len: int, texts) -> str | None:
+def _encoder_digest(path: str, max_len: int) -> bytes:
+  """sha256 of the encoder's files and max length (the cache key's first
+  half; ~0.2 s for MiniLM's 90 MB of weights, so computed once per job)."""
   import hashlib
-  root = feature_cache_dir()
-  if root is None:
-    return None
   h = hashlib.sha256()
   for name in ("config.json", "model.safetensors", "tokenizer.json"):
     f = os.path.join(path, name)
     if os.path.exists(f):
       h.update(name.encode())
-      with open(f, "rb") as fh:      # ~0.2 s for MiniLM's 90 MB
+      with open(f, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
           h.update(chunk)
   h.update(f"max_len={int(max_len)}\n".encode())
+  return h.digest()
+
+
+def _feature_cache_file(root: str, encoder_digest: bytes, texts) -> str:
+  import hashlib
+  h = hashlib.sha256(encoder_digest)
   for t in texts:
     h.update(t.encode("utf-8", "surrogatepass"))
     h.update(b"\0")
