@@ -34,7 +34,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from typing import Any
 
@@ -887,7 +886,6 @@ def _make_step(config: ConfigDict, loss_fn, tx, privacy: Privacy | None):
   plus "l2_clip" with adaptive clipping.
   """
   import jax
-  import jax.numpy as jnp
   import optax
 
   if privacy is None:
