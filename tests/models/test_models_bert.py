@@ -134,6 +134,16 @@ def _write_checkpoint(path, cfg=None):
   return str(path)
 
 
+def _edit_config(d, **changes):
+  """Rewrites d/config.json with `changes` applied."""
+  path = os.path.join(d, "config.json")
+  with open(path) as f:
+    hc = json.load(f)
+  hc.update(changes)
+  with open(path, "w") as f:
+    json.dump(hc, f)
+
+
 def test_load_bert_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere"):
     models.load_bert(str(tmp_path / "nowhere"))
@@ -142,17 +152,11 @@ def test_load_bert_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="model.safetensors"):
     models.load_bert(d)
   d = _write_checkpoint(tmp_path / "shape")
-  with open(os.path.join(d, "config.json")) as f:
-    hc = json.load(f)
-  hc["intermediate_size"] = 32
-  with open(os.path.join(d, "config.json"), "w") as f:
-    json.dump(hc, f)
+  _edit_config(d, intermediate_size=32)
   with pytest.raises(ValueError, match=r"encoder\.layer\.0\.intermediate\."
                      r"dense\.weight.*\(24, 16\).*\(32, 16\)"):
     models.load_bert(d)
-  hc["model_type"] = "roberta"
-  with open(os.path.join(d, "config.json"), "w") as f:
-    json.dump(hc, f)
+  _edit_config(d, model_type="roberta")
   with pytest.raises(ValueError, match="model_type='roberta'"):
     models.load_bert(d)
   d = _write_checkpoint(tmp_path / "extra",
@@ -161,17 +165,11 @@ def test_load_bert_errors(tmp_path):
                                           num_attention_heads=2,
                                           intermediate_size=24,
                                           max_position_embeddings=16))
-  with open(os.path.join(d, "config.json")) as f:
-    hc = json.load(f)
-  hc["num_hidden_layers"] = 1
-  with open(os.path.join(d, "config.json"), "w") as f:
-    json.dump(hc, f)
+  _edit_config(d, num_hidden_layers=1)
   with pytest.raises(ValueError, match=r"unexpected entries.*encoder\.layer"
                      r"\.1\."):
     models.load_bert(d)
-  hc["num_hidden_layers"] = 3
-  with open(os.path.join(d, "config.json"), "w") as f:
-    json.dump(hc, f)
+  _edit_config(d, num_hidden_layers=3)
   with pytest.raises(ValueError, match=r"missing 16 BERT entries"):
     models.load_bert(d)
 
